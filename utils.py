@@ -1,0 +1,594 @@
+"""Project helpers: errors and CLI entry, devices and seeds, data sets kept on the device with
+batch-wise augmentation, meters, run directories, atomic checkpoints, model statistics, plots.
+
+Device-agnostic: nothing here assumes CUDA; tensors stay on the device they were given.
+"""
+import functools
+import json
+import math
+import os
+import pickle
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors and the command-line entry point
+# ---------------------------------------------------------------------------------------------
+
+class UserError(Exception):
+    """A mistake of the user (bad flag, missing or corrupt file); the message is one line."""
+
+
+def cli(main):
+    """Run a script's main(): a UserError becomes one stderr line and exit code 2, Ctrl-C exit 130."""
+    try:
+        main()
+    except UserError as e:
+        # One line, whatever the message holds, so the user never sees a wall of text.
+        print('error: ' + ' '.join(str(e).split()), file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and random state
+# ---------------------------------------------------------------------------------------------
+
+def get_device(gpu=None):
+    """None: cuda:0 when CUDA is available, else CPU. An int N: cuda:N, checked to exist."""
+    if gpu is None:
+        return torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')
+    if not torch.cuda.is_available():
+        raise UserError(f'--gpu {gpu} asked for, but CUDA is not available on this machine')
+    count = torch.cuda.device_count()
+    if not 0 <= gpu < count:
+        raise UserError(f'--gpu {gpu} is out of range: this machine has {count} GPU(s), 0..{count - 1}')
+    # Make it the current device too, so autocast, memory statistics and synchronize() refer to it.
+    torch.cuda.set_device(gpu)
+    return torch.device('cuda', gpu)
+
+
+def set_seed(seed):
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_rng_state():
+    """Every global random state a run depends on, for its checkpoint."""
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(),
+             'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what get_rng_state() returned (CUDA states only where CUDA is present)."""
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'].cpu())
+    if 'cuda' in state and torch.cuda.is_available():
+        cuda_states = state['cuda'][:torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sets: read once into uint8 tensors that stay on the device
+# ---------------------------------------------------------------------------------------------
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+CIFAR_FOLDER = 'cifar-10-batches-py'
+CIFAR_TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
+CIFAR_TEST_FILE = 'test_batch'
+
+
+def _cifar_folder(root):
+    """The folder that holds the pickles: root/cifar-10-batches-py, or root itself when it is one."""
+    root = Path(root)
+    names = CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE,)
+    if not (root / CIFAR_FOLDER).is_dir() and (
+            root.name == CIFAR_FOLDER or any((root / n).exists() for n in names)):
+        return root
+    return root / CIFAR_FOLDER
+
+
+def _missing_cifar_files(folder):
+    return [folder / name for name in CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE,)
+            if not (folder / name).is_file()]
+
+
+def _download_cifar10(root):
+    import torchvision  # only needed for the download
+    try:
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    except (OSError, RuntimeError, ValueError) as e:  # network errors are OSErrors (URLError)
+        raise UserError(f'could not download CIFAR-10 into {root}: {e}') from e
+
+
+def _read_cifar_batch(path):
+    """One python-pickle batch -> (uint8 [N,3,32,32], int64 [N]); UserError when it is not one."""
+    try:
+        with open(path, 'rb') as f:
+            batch = pickle.load(f, encoding='latin1')
+        data = np.asarray(batch['data'])
+        labels = np.asarray(batch['labels'], dtype=np.int64)
+    except Exception as e:  # a damaged pickle can fail in many ways; all mean the same to the user
+        raise UserError(f'CIFAR-10 file {path} is corrupt or not a CIFAR-10 batch: '
+                        f'{type(e).__name__}: {e}') from e
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise UserError(f'CIFAR-10 file {path} is corrupt: expected uint8 data of shape [N, 3072], '
+                        f'found {data.dtype} {list(data.shape)}')
+    if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise UserError(f'CIFAR-10 file {path} is corrupt: expected {data.shape[0]} labels in 0..9')
+    # Each row holds the R, G and B planes one after the other, row-major: a plain reshape.
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.from_numpy(labels)
+
+
+def load_cifar10(root, device='cpu', download=False):
+    """CIFAR-10 from the standard python pickles under root/cifar-10-batches-py (or root itself).
+
+    Returns dict(train_x, train_y, test_x, test_y): uint8 [N,3,32,32] images and int64 labels on
+    `device`. The pickles are read directly (no checksum), so shortened subsets load as well.
+    """
+    folder = _cifar_folder(root)
+    if download and _missing_cifar_files(folder):
+        # torchvision unpacks into <dir>/cifar-10-batches-py: give it the folder above ours.
+        _download_cifar10(folder.parent)
+    missing = _missing_cifar_files(folder)
+    if missing:
+        raise UserError(f'CIFAR-10 not found: {missing[0]} is missing (expected data_batch_1..5 and '
+                        f'test_batch in {folder}); pass --download to fetch it, or point the data '
+                        f'path at the folder that holds {CIFAR_FOLDER}')
+    train = [_read_cifar_batch(folder / name) for name in CIFAR_TRAIN_FILES]
+    test_x, test_y = _read_cifar_batch(folder / CIFAR_TEST_FILE)
+    return {'train_x': torch.cat([x for x, _ in train]).to(device),
+            'train_y': torch.cat([y for _, y in train]).to(device),
+            'test_x': test_x.to(device), 'test_y': test_y.to(device)}
+
+
+def _mnist_root(root):
+    """Accept the folder that holds MNIST/raw, or MNIST, or MNIST/raw itself."""
+    root = Path(root)
+    if root.name == 'raw' and root.parent.name == 'MNIST':
+        return root.parent.parent
+    if root.name == 'MNIST' and (root / 'raw').is_dir():
+        return root.parent
+    return root
+
+
+def load_mnist(root, device='cpu'):
+    """MNIST from the IDX files under root/MNIST/raw via torchvision; uint8 [N,1,28,28], int64 labels."""
+    import torchvision  # only needed for MNIST's file format
+    root = _mnist_root(root)
+    out = {}
+    for split, train in (('train', True), ('test', False)):
+        try:
+            ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
+        except RuntimeError as e:
+            raise UserError(f'MNIST not found under {root}: expected {root}/MNIST/raw/ with '
+                            f'train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte '
+                            f'and t10k-labels-idx1-ubyte ({e})') from e
+        except Exception as e:  # damaged IDX files fail in the parser with varied exceptions
+            raise UserError(f'MNIST files under {root}/MNIST/raw are corrupt: '
+                            f'{type(e).__name__}: {e}') from e
+        out[f'{split}_x'] = ds.data.to(torch.uint8).unsqueeze(1).to(device)
+        out[f'{split}_y'] = ds.targets.to(torch.int64).to(device)
+    return out
+
+
+def imagenet_loaders(root, batch_size, workers, distributed=False, crop=224, resize=256,
+                     pin_memory=True):
+    """ImageFolder loaders for root/train and root/val with the usual ImageNet transforms.
+
+    Returns (train_loader, val_loader, train_sampler); train_sampler is a DistributedSampler when
+    `distributed` (call its set_epoch every epoch), else None. Validation is not sharded, so every
+    process sees the whole validation set and accuracies need no gathering.
+    """
+    import torchvision.datasets as datasets
+    import torchvision.transforms as T
+    root = Path(root)
+    for split in ('train', 'val'):
+        if not (root / split).is_dir():
+            raise UserError(f'ImageNet folder {root / split} is missing: expected {root}/train and '
+                            f'{root}/val with one sub-folder of images per class')
+    normalize_t = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_t = T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip(),
+                         T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
+                         T.ToTensor(), normalize_t])
+    val_t = T.Compose([T.Resize(resize), T.CenterCrop(crop), T.ToTensor(), normalize_t])
+    try:
+        train_set = datasets.ImageFolder(str(root / 'train'), train_t)
+        val_set = datasets.ImageFolder(str(root / 'val'), val_t)
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(f'cannot read ImageNet under {root}: {e}') from e
+    train_sampler = None
+    if distributed:
+        train_sampler = torch.utils.data.distributed.DistributedSampler(train_set, shuffle=True)
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=batch_size, shuffle=train_sampler is None, sampler=train_sampler,
+        num_workers=workers, pin_memory=pin_memory, drop_last=True,
+        persistent_workers=workers > 0)
+    val_loader = torch.utils.data.DataLoader(
+        val_set, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
+    return train_loader, val_loader, train_sampler
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation and augmentation, batch-wise on the data's device
+# ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def _affine(mean, std, device):
+    """Per-channel (scale, shift) with x/255 normalised = x * scale + shift, made once per device
+    (building them every step would copy from the host and stall the GPU's queue)."""
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std_t), -mean_t / std_t
+
+
+def normalize(x_uint8, mean, std):
+    """uint8 images [N,C,H,W] -> float32 (x/255 - mean) / std, per channel."""
+    scale, shift = _affine(tuple(mean), tuple(std), x_uint8.device)
+    return torch.addcmul(shift, x_uint8.float(), scale)
+
+
+def crop_flip(x, pad, top, left, flip):
+    """Per-sample crop of the zero-padded batch at offsets (top, left), mirrored where `flip`.
+
+    x: [N,C,H,W]; top, left: int64 [N] in 0..2*pad; flip: bool [N]. The output keeps H x W. All
+    samples go through one gather on precomputed flat indices: no loop over samples.
+    """
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * pad, w + 2 * pad
+    padded = x.new_zeros(n, c, hp, wp)
+    padded[:, :, pad:pad + h, pad:pad + w] = x
+    rows = top.view(n, 1) + torch.arange(h, device=x.device)                     # [N,H]
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    cols = left.view(n, 1) + torch.where(flip.view(n, 1), w - 1 - cols, cols)   # [N,W]
+    index = (rows.view(n, h, 1) * wp + cols.view(n, 1, w)).view(n, 1, h * w)
+    return padded.view(n, c, hp * wp).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+
+
+def cutout_mask(n, h, w, size, generator=None, device='cpu'):
+    """bool [N,H,W]: one square of side `size` per sample, centred anywhere, clipped at the border."""
+    cy = torch.randint(0, h, (n, 1), generator=generator, device=device)
+    cx = torch.randint(0, w, (n, 1), generator=generator, device=device)
+    ys = torch.arange(h, device=device)
+    xs = torch.arange(w, device=device)
+    in_rows = (ys >= cy - size // 2) & (ys < cy + size // 2)                    # [N,H]
+    in_cols = (xs >= cx - size // 2) & (xs < cx + size // 2)                    # [N,W]
+    return in_rows.view(n, h, 1) & in_cols.view(n, 1, w)
+
+
+def augment(x_uint8, generator=None, crop_pad=4, flip=True, cutout=0, mean=CIFAR_MEAN,
+            std=CIFAR_STD):
+    """Random crop (zero padding), horizontal flip, normalisation and cutout of a uint8 batch.
+
+    All randomness comes from `generator` (on x's device; None: the global generator), so a fixed
+    generator state gives a fixed result. Padding is black before normalisation, and the cutout
+    hole is 0 after it, as in the usual CIFAR-10 pipeline.
+    """
+    if x_uint8.dtype != torch.uint8:
+        raise ValueError(f'augment expects uint8 images, got {x_uint8.dtype}')
+    n, _, h, w = x_uint8.shape
+    dev = x_uint8.device
+    x = x_uint8
+    if crop_pad > 0 or flip:
+        if crop_pad > 0:
+            top = torch.randint(0, 2 * crop_pad + 1, (n,), generator=generator, device=dev)
+            left = torch.randint(0, 2 * crop_pad + 1, (n,), generator=generator, device=dev)
+        else:
+            top = left = torch.zeros(n, dtype=torch.int64, device=dev)
+        if flip:
+            mirror = torch.rand(n, generator=generator, device=dev) < 0.5
+        else:
+            mirror = torch.zeros(n, dtype=torch.bool, device=dev)
+        # Moving uint8 rather than float keeps the gather's memory traffic at a quarter.
+        x = crop_flip(x, crop_pad, top, left, mirror)
+    out = normalize(x, mean, std)
+    if cutout > 0:
+        hole = cutout_mask(n, h, w, cutout, generator=generator, device=dev)
+        out = out.masked_fill(hole.unsqueeze(1), 0.0)
+    return out
+
+
+class Batches:
+    """Mini-batches (float inputs, int64 labels) over uint8 images that already sit on the device.
+
+    The order and the augmentation of a pass are a fixed function of (seed, epoch): set_epoch(e)
+    chooses the epoch of the next pass, and every pass moves on to the following epoch, so a run
+    resumed with set_epoch(start_epoch) sees exactly the batches it would have seen.
+    `augment` is a dict of augment() keyword arguments, or None for normalisation only.
+    """
+
+    def __init__(self, x, y, batch_size, shuffle=True, drop_last=False, augment=None,
+                 mean=CIFAR_MEAN, std=CIFAR_STD, seed=0):
+        if len(x) != len(y):
+            raise ValueError(f'{len(x)} images but {len(y)} labels')
+        if batch_size < 1:
+            raise UserError(f'batch size must be at least 1, got {batch_size}')
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.augment = augment
+        self.mean, self.std = mean, std
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _generator(self, epoch):
+        # Mix seed and epoch into one 63-bit seed (odd multiplier: distinct pairs rarely collide).
+        g = torch.Generator(device=self.x.device)
+        g.manual_seed((self.seed * 0x9E3779B97F4A7C15 + epoch) % 2**63)
+        return g
+
+    def __iter__(self):
+        g = self._generator(self.epoch)
+        self.epoch += 1
+        n = len(self.x)
+        dev = self.x.device
+        order = torch.randperm(n, generator=g, device=dev) if self.shuffle else torch.arange(n, device=dev)
+        aug = None if self.augment is None else {'mean': self.mean, 'std': self.std, **self.augment}
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            xb = self.x[idx]
+            xb = normalize(xb, self.mean, self.std) if aug is None else augment(xb, generator=g, **aug)
+            yield xb, self.y[idx]
+
+
+# ---------------------------------------------------------------------------------------------
+# Meters
+# ---------------------------------------------------------------------------------------------
+
+class AverageMeter:
+    """Running average of a value weighted by sample counts."""
+
+    def __init__(self):
+        self.sum = 0.0
+        self.count = 0
+        self.avg = 0.0
+
+    def update(self, val, n=1):
+        self.sum += float(val) * n
+        self.count += n
+        self.avg = self.sum / self.count if self.count else 0.0
+
+
+def accuracy(logits, target, topk=(1,)):
+    """Top-k accuracies in percent (python floats), one per k."""
+    maxk = min(max(topk), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices                      # [N, maxk]
+    hit = pred.eq(target.view(-1, 1))
+    n = max(target.numel(), 1)
+    return [hit[:, :min(k, maxk)].any(dim=1).float().sum().item() * 100.0 / n for k in topk]
+
+
+def check_finite(value, what):
+    """Stop the run with a UserError when a loss (tensor or float) is NaN or infinite."""
+    finite = bool(torch.isfinite(value).all()) if torch.is_tensor(value) else math.isfinite(value)
+    if not finite:
+        raise UserError(f'{what} is NaN/inf; the run stops here and the last good checkpoint is kept '
+                        f'(try a smaller learning rate)')
+
+
+def format_time(seconds):
+    """Seconds as '3.2s', '4m 05s' or '2h 03m 04s'."""
+    if seconds < 60:
+        return f'{seconds:.1f}s'
+    s = int(round(seconds))
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f'{h}h {m:02d}m {s:02d}s' if h else f'{m}m {s:02d}s'
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories and checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def _json_default(obj):
+    """JSON for values found in args and metrics: tensors, numpy scalars and arrays, paths."""
+    if torch.is_tensor(obj) or isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    return str(obj)
+
+
+class RunDir:
+    """A run's directory: args.json, log.txt (the lines printed to stdout), metrics.jsonl.
+
+    A new run refuses a directory that already holds a checkpoint (*.pt), so finished work is
+    never overwritten by accident; resume=True continues it and appends to its files.
+    """
+
+    def __init__(self, path, args=None, resume=False):
+        self.path = Path(path)
+        if not resume and any(self.path.glob('*.pt')):
+            raise UserError(f'{self.path} already holds a run with a checkpoint; pass --resume to '
+                            f'continue it or choose another --save directory')
+        self.path.mkdir(parents=True, exist_ok=True)
+        if args is not None:
+            values = args if isinstance(args, dict) else vars(args)
+            text = json.dumps(values, indent=2, sort_keys=True, default=_json_default)
+            if resume and self.file('args.json').exists():
+                # Keep the original arguments; the resumed call's arguments go into the log.
+                self.log('resumed with args: ' + json.dumps(values, sort_keys=True,
+                                                            default=_json_default))
+            else:
+                self.file('args.json').write_text(text + '\n')
+
+    def file(self, name):
+        return self.path / name
+
+    def log(self, msg):
+        line = time.strftime('%Y-%m-%d %H:%M:%S ') + str(msg)
+        print(line, flush=True)
+        with open(self.file('log.txt'), 'a') as f:
+            f.write(line + '\n')
+
+    def metric(self, **values):
+        record = {'time': time.time(), **values}
+        with open(self.file('metrics.jsonl'), 'a') as f:
+            f.write(json.dumps(record, default=_json_default) + '\n')
+
+
+def save_checkpoint(state, path):
+    """torch.save to a temporary file beside `path`, fsync, then rename over it.
+
+    A crash at any moment leaves either the old checkpoint or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary name does not end in .pt, so it is never taken for a checkpoint.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, 'O_DIRECTORY'):  # make the rename itself durable where the OS allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """The dict saved by save_checkpoint; UserError when the file is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'checkpoint {path} is missing')
+    try:
+        # weights_only=False: checkpoints hold RNG states, and numpy's contains an ndarray, which
+        # the weights-only unpickler refuses. Full unpickling can run code, so load only
+        # checkpoints from runs you trust (as with any pickle).
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torn zip, foreign pickle, truncated file: all mean "not loadable"
+        raise UserError(f'checkpoint {path} is corrupt or not a checkpoint: '
+                        f'{type(e).__name__}: {e}') from e
+    if not isinstance(state, dict):
+        raise UserError(f'checkpoint {path} is corrupt or not a checkpoint: '
+                        f'holds a {type(state).__name__}, not a dict')
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Model statistics
+# ---------------------------------------------------------------------------------------------
+
+def count_params(model, skip=('auxiliary',)):
+    """Number of parameters whose name contains none of `skip` (the auxiliary head by default)."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if not any(s in name for s in skip))
+
+
+def count_macs(model, input_shape):
+    """Multiply-adds per image of the Conv2d and Linear layers actually run on one input.
+
+    input_shape: (C, H, W), or (1, C, H, W). Counted with forward hooks on a zero image in eval
+    mode without gradients; every module's training flag is restored afterwards.
+    """
+    shape = tuple(input_shape)
+    if len(shape) == 3:
+        shape = (1,) + shape
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device('cpu')
+    total = [0]
+
+    def conv_hook(m, inputs, out):
+        kh, kw = m.kernel_size
+        total[0] += out.numel() // out.shape[0] * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m, inputs, out):
+        total[0] += out.numel() // out.shape[0] * m.in_features
+
+    flags = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in flags.items():
+            m.training = training
+    return total[0] // shape[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+
+def _read_metrics(metrics_path):
+    records = []
+    with open(metrics_path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                # A run killed while writing leaves a torn last line; the rest is still good.
+                continue
+    return records
+
+
+def plot_curves(metrics_path, png_path, keys):
+    """PNG with one panel per metric key, against 'step' (or 'epoch', or record number).
+
+    Keys that no record holds are skipped; returns the keys drawn (nothing is written if none).
+    """
+    import matplotlib
+    matplotlib.use('Agg')  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    records = _read_metrics(metrics_path)
+    series = {}
+    for i, r in enumerate(records):
+        x = r.get('step', r.get('epoch', i))
+        for k in keys:
+            if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool):
+                series.setdefault(k, ([], []))
+                series[k][0].append(x)
+                series[k][1].append(r[k])
+    drawn = [k for k in keys if k in series]
+    if not drawn:
+        return drawn
+    fig, axes = plt.subplots(len(drawn), 1, figsize=(6, 2.5 * len(drawn)), squeeze=False)
+    for ax, k in zip(axes[:, 0], drawn):
+        ax.plot(*series[k], marker='.' if len(series[k][0]) < 50 else None)
+        ax.set_ylabel(k)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel('step' if any('step' in r for r in records) else 'epoch')
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return drawn
