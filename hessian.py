@@ -616,7 +616,8 @@ class HardPrior:
     def table(self):
         """One row per group: key, gamma (effective), gamma_raw, omega, norm, curvature (mean over
         members), posterior variance (mean), lam, pruned, members [(switch name, flat index)]."""
-        norm = self.norms()
+        with torch.no_grad():
+            norm = self.norms()
         n = torch.zeros(len(self.keys), dtype=self.h.dtype, device=self.h.device).index_add(0, self.gid, torch.ones_like(self.h))
         h_mean = torch.zeros_like(n).index_add(0, self.gid, self.h.to(n)) / n.clamp_min(1)
         cov_mean = torch.zeros_like(n).index_add(0, self.gid, self.cov.to(n)) / n.clamp_min(1)
