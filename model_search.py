@@ -1,0 +1,354 @@
+"""Cells and networks: the BayesNAS supernet (every candidate op behind switches) and the networks
+retrained from a genotype, built from one cell implementation.
+
+A cell is a list of (op, from, to) edges. Nodes 0 and 1 are the preprocessed outputs of the two
+previous cells, node j >= 2 is the sum of its incoming edges, and the cell's output is the
+concatenation of its `concat` nodes.
+
+    Supernet (switches=True): all 7 candidate ops on all edges. An edge i -> j contributes
+        w0 * sum_k wk * o_k(x_i), with w0 the edge's (parent) switch and wk the op's (child) switch.
+        Pruned switches take their ops out of the computation: a pruned op is not called, an edge whose
+        parent or every op is pruned is not computed, nothing flows out of a node without live input,
+        and a concatenated node without live input is zeros.
+    Retrained network (switches=False): only the genotype's ops, summed per edge, no switches,
+        DARTS's drop-path on every op that is not an identity.
+
+Network is the DARTS search macro-architecture with switches; NetworkCIFAR and NetworkImageNet are
+DARTS's evaluation networks (same stems, reductions, auxiliary heads and parameter counts).
+"""
+import math
+
+import torch
+import torch.nn as nn
+
+import genotypes
+import hessian
+from operations import OPS, FactorizedReduce, ReLUConvBN
+
+
+# ----------------------------------------------------------------------------------------------------
+# Edges and cells
+# ----------------------------------------------------------------------------------------------------
+
+def _sum(tensors):
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = out + t
+    return out
+
+
+def drop_path(x, drop_prob):
+    """Zero whole samples with probability drop_prob, scaling the kept ones by 1/(1 - drop_prob)."""
+    keep = 1. - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class Edge(nn.Module):
+    """The ops from node `src` to node `dst` of a cell (their outputs are summed)."""
+
+    def __init__(self, names, src, dst, C, stride, switches):
+        super().__init__()
+        self.src, self.dst, self.names = src, dst, list(names)
+        ops = []
+        for name in self.names:
+            # Search ops have no BN affine parameters (they would fight the switches over the scale);
+            # pooling gets a BN so that its output is on the same scale as the convolutions'.
+            op = OPS[name](C, stride, not switches)
+            if switches and 'pool' in name:
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            ops.append(op)
+        self.ops = nn.ModuleList(ops)
+        if switches:
+            self.switch = hessian.Switch()
+            self.op_switches = nn.ModuleList(hessian.Switch() for _ in self.names)
+        else:
+            self.switch = self.op_switches = None
+
+    def masks(self):
+        """The masks of the edge switch and of each op switch, in that order (supernet only)."""
+        return [self.switch.mask] + [sw.mask for sw in self.op_switches]
+
+    def forward(self, x, live, drop_prob=0.):
+        """Sum of the ops with indices in `live` (a non-empty list) applied to x."""
+        if self.switch is not None:
+            return self.switch(_sum([self.op_switches[k](self.ops[k](x)) for k in live]))
+        outs = []
+        for k in live:
+            y = self.ops[k](x)
+            if self.training and drop_prob > 0 and not isinstance(self.ops[k], nn.Identity):
+                y = drop_path(y, drop_prob)
+            outs.append(y)
+        return _sum(outs)
+
+
+class Cell(nn.Module):
+    """A cell built from (op, from, to) edges; see the module docstring for the two modes."""
+
+    def __init__(self, edges, concat, C_prev_prev, C_prev, C, reduction, reduction_prev, switches=False):
+        super().__init__()
+        affine = not switches
+        self.reduction, self.switches, self.C = reduction, switches, C
+        self.concat = list(concat)
+        self.multiplier = len(self.concat)
+        if reduction_prev:      # node 0 is twice the size of node 1
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine)
+        ops_of = {}
+        for op, src, dst in sorted(edges, key=lambda e: (e[2], e[1])):     # stable: keeps op order
+            ops_of.setdefault((src, dst), []).append(op)
+        # Edges in order of destination: a node is complete before any edge reads it.
+        self.edges = nn.ModuleList(Edge(names, src, dst, C, 2 if reduction and src < 2 else 1, switches)
+                                   for (src, dst), names in ops_of.items())
+
+    def _live_ops(self):
+        """For each edge, the indices of the ops to compute (empty: skip the edge)."""
+        if not self.switches:
+            return [range(len(edge.ops)) for edge in self.edges]
+        # One device-to-host copy for the whole cell instead of one per switch.
+        keep = (torch.stack([m.reshape(()) for edge in self.edges for m in edge.masks()]) != 0).tolist()
+        live, i = [], 0
+        for edge in self.edges:
+            n = len(edge.ops)
+            live.append([k for k in range(n) if keep[i + 1 + k]] if keep[i] else [])
+            i += 1 + n
+        return live
+
+    def forward(self, s0, s1, drop_prob=0.):
+        inputs = {0: (self.preprocess0, s0), 1: (self.preprocess1, s1)}
+        states = {}
+        for edge, live in zip(self.edges, self._live_ops()):
+            if not live:
+                continue
+            if edge.src not in states:
+                if edge.src not in inputs:      # a node without live input: nothing flows out of it
+                    continue
+                preprocess, x = inputs[edge.src]
+                states[edge.src] = preprocess(x)    # inputs are preprocessed only when read
+            y = edge(states[edge.src], live, drop_prob)
+            states[edge.dst] = states[edge.dst] + y if edge.dst in states else y
+        return torch.cat([states[j] if j in states else self._zeros(s1) for j in self.concat], dim=1)
+
+    def _zeros(self, s1):
+        n, _, h, w = s1.shape
+        if self.reduction:      # stride-2 ops with 'same' padding give ceil(h / 2)
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return s1.new_zeros((n, self.C, h, w))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Supernet
+# ----------------------------------------------------------------------------------------------------
+
+def _reductions(layers):
+    return {layers // 3, 2 * layers // 3}
+
+
+class Network(nn.Module):
+    """The DARTS search network with a switch on every edge and every op (returns logits)."""
+
+    def __init__(self, C=16, num_classes=10, layers=8, steps=4, multiplier=4, stem_multiplier=3, tie=True):
+        super().__init__()
+        if not 1 <= multiplier <= steps:
+            raise ValueError(f'multiplier must be between 1 and steps={steps}, got {multiplier}')
+        self.tie = tie
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        edges = [(op, i, j) for j in range(2, steps + 2) for i in range(j) for op in genotypes.CANDIDATES]
+        concat = list(range(steps + 2 - multiplier, steps + 2))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in _reductions(layers)
+            if reduction:
+                C_curr *= 2
+            self.cells.append(Cell(edges, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                                   switches=True))
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x):
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    # -- switches ------------------------------------------------------------------------------------
+
+    def switch_info(self):
+        """One dict per Switch, in named_modules order: name, cell, cell_type, src, dst, op (None for an
+        edge switch) and key, the group key shared by the tied positions."""
+        where = {}
+        for i, cell in enumerate(self.cells):
+            cell_type = 'reduce' if cell.reduction else 'normal'
+            prefix = cell_type if self.tie else f'cell{i}'
+            for edge in cell.edges:
+                edge_key = f'{prefix}/{edge.src}->{edge.dst}'
+                base = dict(cell=i, cell_type=cell_type, src=edge.src, dst=edge.dst)
+                where[edge.switch] = dict(base, op=None, key=edge_key)
+                for name, sw in zip(edge.names, edge.op_switches):
+                    where[sw] = dict(base, op=name, key=f'{edge_key}/{name}')
+        return [dict(name=name, **where[m]) for name, m in self.named_modules() if isinstance(m, hessian.Switch)]
+
+    def couplings(self):
+        """(parent, inflow) between group keys: parent maps each op key to its edge key; inflow maps
+        each edge key i -> j to the keys of the edges entering node i ([] for the input nodes)."""
+        parent, into, source = {}, {}, {}
+        for d in self.switch_info():
+            if d['op'] is None:
+                prefix = d['key'].split('/')[0]
+                source[d['key']] = (prefix, d['src'])
+                into.setdefault((prefix, d['dst']), {})[d['key']] = None      # an ordered set
+            else:
+                parent[d['key']] = d['key'].rsplit('/', 1)[0]
+        inflow = {key: list(into.get(src, ())) for key, src in source.items()}
+        return parent, inflow
+
+    def build_prior(self, lam_origin, lam_child):
+        """The HARD prior over this network's switches, lam_origin for edge switches and lam_child for
+        op switches, coupled as couplings() says."""
+        for label, lam in (('lam_origin', lam_origin), ('lam_child', lam_child)):
+            if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+                raise ValueError(f'{label} must be a positive number, got {lam!r}')
+        group_of = {d['name']: d['key'] for d in self.switch_info()}
+        parent, inflow = self.couplings()
+        lam = {key: lam_child if key in parent else lam_origin for key in group_of.values()}
+        return hessian.HardPrior(self, lam=lam.__getitem__, group_of=group_of.get, parent=parent, inflow=inflow)
+
+    def switch_parameters(self):
+        return [m.s for m in self.modules() if isinstance(m, hessian.Switch)]
+
+    def weight_parameters(self):
+        switch = {id(p) for p in self.switch_parameters()}
+        return [p for p in self.parameters() if id(p) not in switch]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Networks retrained from a genotype (DARTS's evaluation networks)
+# ----------------------------------------------------------------------------------------------------
+
+class AuxiliaryHeadCIFAR(nn.Module):
+    """Auxiliary classifier on the 8x8 feature map after the second reduction."""
+
+    def __init__(self, C, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=False),     # its input is also the next cells' input: do not overwrite it
+            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),     # 8x8 -> 2x2
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class AuxiliaryHeadImageNet(nn.Module):
+    """Auxiliary classifier on the 7x7 feature map after the second reduction (as in DARTS, without a
+    BatchNorm after its last convolution)."""
+
+    def __init__(self, C, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),     # 7x7 -> 2x2
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class _EvalNetwork(nn.Module):
+    """The cell stack shared by NetworkCIFAR and NetworkImageNet; subclasses provide the stem."""
+
+    def _build_cells(self, C, C_stem, num_classes, layers, auxiliary, genotype, reduction_prev, aux_head):
+        genotypes.validate(genotype)
+        normal = genotypes.cell_edges(genotype.normal), list(genotype.normal_concat)
+        reduce = genotypes.cell_edges(genotype.reduce), list(genotype.reduce_concat)
+        self._layers, self._auxiliary = layers, auxiliary
+        C_prev_prev, C_prev, C_curr = C_stem, C_stem, C
+        self.cells = nn.ModuleList()
+        C_to_auxiliary = None
+        for i in range(layers):
+            reduction = i in _reductions(layers)
+            if reduction:
+                C_curr *= 2
+            edges, concat = reduce if reduction else normal
+            cell = Cell(edges, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            if i == 2 * layers // 3:
+                C_to_auxiliary = C_prev
+        if auxiliary:
+            self.auxiliary_head = aux_head(C_to_auxiliary, num_classes)
+        # DARTS pools ImageNet's 7x7 map with AvgPool2d(7): the same thing there, and any size works.
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def _forward_cells(self, s0, s1):
+        logits_aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == 2 * self._layers // 3 and self._auxiliary and self.training:
+                logits_aux = self.auxiliary_head(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return logits, logits_aux
+
+
+class NetworkCIFAR(_EvalNetwork):
+    """DARTS's CIFAR network: 3x3 conv stem to 3C channels, `layers` cells, reductions at 1/3 and 2/3
+    of the depth; forward returns (logits, auxiliary logits or None)."""
+
+    def __init__(self, C, num_classes, layers, auxiliary, genotype, drop_path_prob=0.0):
+        super().__init__()
+        C_stem = 3 * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+        self._build_cells(C, C_stem, num_classes, layers, auxiliary, genotype, False, AuxiliaryHeadCIFAR)
+        self.drop_path_prob = drop_path_prob
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self._forward_cells(s, s)
+
+
+class NetworkImageNet(_EvalNetwork):
+    """DARTS's ImageNet network: two stride-2 stems (224 -> 56 -> 28), then cells as NetworkCIFAR."""
+
+    def __init__(self, C, num_classes, layers, auxiliary, genotype, drop_path_prob=0.0):
+        super().__init__()
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(3, C // 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=False),     # stem0's output is also the first cell's node 0
+            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        # The first cell's node 0 (stem0) is twice the size of its node 1 (stem1).
+        self._build_cells(C, C, num_classes, layers, auxiliary, genotype, True, AuxiliaryHeadImageNet)
+        self.drop_path_prob = drop_path_prob
+
+    def forward(self, x):
+        s0 = self.stem0(x)
+        return self._forward_cells(s0, self.stem1(s0))
