@@ -25,8 +25,10 @@ Self-contained (imports only torch): copy it into any PyTorch CNN.
         The Laplace / re-weighting update of one group (members w, curvatures h).
 
     HardPrior(model, lam, group_of=None, parent=None, inflow=None)
-        The hierarchical ARD state of all switches: penalty(), update(curv), prune(threshold),
-        table(), state_dict(), load_state_dict().
+        The hierarchical ARD state of all switches: penalty() (the term to add to the loss) or
+        proximal_step(lr) (the same penalty as a group soft-threshold after each optimiser step),
+        update(curv), prune(threshold), table(), state_dict(), load_state_dict(). Build it after the
+        model has moved to its device.
 
 The update (per group g with members c, prior variance gamma, temperature lam):
 
@@ -520,6 +522,23 @@ class HardPrior:
         norm = (sq + 1e-24).sqrt()
         weight = torch.where(self.pruned, 0.0, self.lam * self.omega).to(w.dtype)
         return (weight * norm).sum()
+
+    @torch.no_grad()
+    def proximal_step(self, lr):
+        """Apply the penalty as a proximal step after an optimiser step with learning rate lr:
+        w_g <- w_g * max(0, 1 - lr * lam_g * omega_g / ||w_g||) (group soft-thresholding).
+
+        It minimises the same objective as adding penalty() to the loss, but lets a group reach
+        exactly 0 (where gamma = ||w|| / omega = 0 prunes it) instead of oscillating around 0."""
+        if not self.switches:
+            return
+        w = torch.cat([sw.s.flatten() for _, sw in self.switches])
+        norm = torch.zeros(len(self.keys), dtype=w.dtype, device=w.device).index_add_(0, self.gid, w * w).sqrt()
+        step = (lr * self.lam * self.omega).to(w)
+        shrink = (1 - step / norm.clamp_min(1e-30)).clamp_min(0)[self.gid]
+        params = [sw.s for _, sw in self.switches]
+        # One fused multiply for all switches: a supernet has hundreds of them.
+        torch._foreach_mul_(params, [f.view(p.shape) for f, p in zip(shrink.split([p.numel() for p in params]), params)])
 
     # -- update --------------------------------------------------------------------------------------
 

@@ -812,3 +812,25 @@ def test_curvature_interface(method):
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x), out)
+
+
+def test_proximal_step_is_group_soft_thresholding():
+    """w_g <- w_g max(0, 1 - lr lam omega_g / ||w_g||): groups with a small norm land exactly on 0,
+    the others shrink along their own direction; pruned groups stay at 0."""
+    model, prior, curv = make_prior(tiny=['edge:1-3', 'head[1]'])
+    prior.update(curv)
+    prior.prune(1e-6)
+    before = {n: m.s.detach().clone() for n, m in model.named_modules() if isinstance(m, Switch)}
+    lr = 0.5
+    prior.proximal_step(lr)
+    for key in prior.keys:
+        g = prior.index[key]
+        mem = members(model, key)
+        names = {id(m): n for n, m in model.named_modules()}
+        old = torch.stack([before[names[id(m)]].flatten()[i] for m, i in mem])
+        new = torch.stack([m.s.detach().flatten()[i] for m, i in mem])
+        factor = max(0.0, 1 - lr * lam_of(key) * float(prior.omega[g]) / float(old.norm())) if old.norm() > 0 else 0.0
+        torch.testing.assert_close(new, old * factor, rtol=1e-12, atol=0)
+        if key in ('edge:1-3', 'head[1]'):
+            assert bool((new == 0).all()), key
+    assert model.free.s.item() == before['free'].item()          # not managed
