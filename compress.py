@@ -1,0 +1,910 @@
+"""Structural-sparsity compression of ordinary CNNs with BayesNAS switches and the HARD prior.
+
+Every prunable unit group of a CNN - the output filters of a conv layer, the output neurons of a hidden
+linear layer, and optionally the flattened inputs of a fully connected layer - gets a Switch. The
+switches are trained with the re-weighted group-l1 penalty, their posterior is found by the Laplace
+approximation (curvature as in search.py), and units whose prior variance gamma falls below a
+threshold are removed. A pruned filter takes its BatchNorm channel and the matching input channels of
+the next layer with it, so the result is a physically smaller network, not a network full of zeros.
+
+    python compress.py --model lenet300 --compare magnitude
+    python compress.py --model lenet5 --compare magnitude --save runs/lenet5
+    python compress.py --model vgg16 --data /path/to/cifar10 --gpu 0 --epochs 160 --learning_rate 0.1 \
+        --batch_size 128 --lambda 1e-4 --iterations 3 --epochs_per_iteration 10 --finetune_epochs 40
+
+Models (each a plain nn.Sequential chain):
+    lenet300   LeNet-300-100 on MNIST, switches on the 784 input pixels and the 300 and 100 neurons.
+    lenet5     LeNet-5-Caffe (20-50-800-500) on MNIST: switches on the 20 and 50 conv filters, the 800
+               flattened features entering the first fully connected layer, and its 500 neurons.
+    vgg16      the 16-layer VGG with BatchNorm used for CIFAR-10 in the structured-pruning literature
+               (13 conv layers, a 512-512 hidden layer, 10 outputs); switches on every filter and on
+               the hidden neurons.
+
+The run, all in one process and one run directory (--save):
+    1. dense training for --epochs (or --pretrained PATH: load a dense model instead);
+    2. --iterations times: --epochs_per_iteration epochs of training with the penalty
+       lambda * sum_g omega_g |s_g|, then the curvature of the loss w.r.t. every switch (--hessian,
+       on --hessian_batches training batches), the HARD update of gamma and omega, and pruning of the
+       units with gamma < --threshold (a layer always keeps at least its strongest unit);
+    3. fine-tuning of the surviving weights for --finetune_epochs (switches frozen);
+    4. physical pruning: the masked network is exported as a smaller nn.Module whose outputs equal
+       the masked network's;
+    5. with --compare magnitude: the dense model, pruned by the group norm of the weights to the same
+       number of units per layer, fine-tuned for the same number of epochs that BayesNAS trained after
+       the dense phase (iterations * epochs_per_iteration + finetune_epochs).
+The test set is only measured, never used for a decision.
+
+The penalty is applied by a proximal step after each SGD step (soft-thresholding each switch by
+lr * lambda * omega) rather than as a loss term: it minimises the same objective, but lets switches
+reach exactly 0, where gamma = ||s|| / omega = 0 prunes them. A subgradient step only makes them
+oscillate around 0, and for a switch whose curvature is 0 the update (omega at its floor) would then
+give an enormous gamma. Switches get no weight decay: the prior is their regulariser.
+
+Defaults give a real result on the MNIST subset (3678 training images) in about a minute on a CPU:
+--epochs 10 dense epochs, --iterations 3 of --epochs_per_iteration 2, --finetune_epochs 6,
+--batch_size 64, --learning_rate 0.05 (cosine decay in the dense, fine-tuning and baseline phases,
+constant while the switches train), --momentum 0.9, --weight_decay 5e-4, --lambda 0.02,
+--threshold 0.01, --hessian recursive on --hessian_batches 20. --data defaults to
+../shared/data/mnist-subset (MNIST models) or ../shared/data/cifar10-subset (vgg16), relative to the
+working directory; MNIST is read through torchvision (root holding MNIST/raw), CIFAR-10 from its
+python pickles. Resume an interrupted run with the same --save and --resume: it continues from the
+last completed epoch and reaches the same result (the run's own arguments are kept).
+
+Run directory: log.txt, args.json, metrics.jsonl (one line per epoch), checkpoint.pt (after every
+epoch and phase), dense_model.pt (the dense weights; pass it to --pretrained), pruned_model.pt and
+magnitude_model.pt (the physically pruned networks), report.json, units.png (units kept per layer),
+curves.png. Load a pruned network with
+
+    import compress
+    net = compress.load_pruned('runs/lenet300/pruned_model.pt')     # an ordinary nn.Sequential
+
+Adding another CNN: write a function that returns the network as one flat nn.Sequential - convs
+(optionally followed by BatchNorm2d), nn.ReLU modules, pooling, nn.Flatten, linear layers - and add it
+to MODELS with its data set. A torchvision-style network with `features` and `classifier`
+Sequentials (and an optional `avgpool`) becomes such a chain with chain(net), e.g.
+    MODELS['vgg11_tv'] = dict(build=lambda: chain(torchvision.models.vgg11_bn(num_classes=10)),
+                              data='cifar10', flat_switch=False)
+add_switches() then places the switches and physical_prune() removes the pruned units.
+"""
+import argparse
+import copy
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import utils
+from hessian import METHODS, HardPrior, Switch, switch_curvature
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models: plain chains
+# ----------------------------------------------------------------------------------------------------
+# Nonlinearities are modules (nn.ReLU), so that the recursive curvature sees them, and every model is
+# one flat nn.Sequential, so that one function places switches and one function prunes for all.
+
+def lenet300(num_classes=10):
+    """LeNet-300-100: 784-300-100-10 fully connected."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
+                         nn.Linear(100, num_classes))
+
+
+def lenet5(num_classes=10):
+    """LeNet-5-Caffe: conv 20@5x5, pool, conv 50@5x5, pool, 800-500-10."""
+    return nn.Sequential(nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, num_classes))
+
+
+VGG16_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M')
+
+
+def vgg16(num_classes=10):
+    """VGG-16 with BatchNorm for 32x32 inputs: 13 conv-BN-ReLU layers, 512-512 hidden, classifier."""
+    layers, c_in = [], 3
+    for v in VGG16_CFG:
+        if v == 'M':
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(c_in, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU()]
+            c_in = v
+    layers += [nn.Flatten(), nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def chain(net):
+    """A torchvision-style CNN (`features`, optional `avgpool`, `classifier`) as one flat chain."""
+    parts = list(net.features) + ([net.avgpool] if hasattr(net, 'avgpool') else [])
+    return nn.Sequential(*parts, nn.Flatten(), *net.classifier)
+
+
+# flat_switch: also put a switch on the flattened features that enter the first linear layer (for
+# LeNet-300-100 these are the input pixels, as in the compression literature's 784-300-100).
+MODELS = {
+    'lenet300': dict(build=lenet300, data='mnist', flat_switch=True),
+    'lenet5': dict(build=lenet5, data='mnist', flat_switch=True),
+    'vgg16': dict(build=vgg16, data='cifar10', flat_switch=False),
+}
+
+DATASETS = {
+    'mnist': dict(default='../shared/data/mnist-subset', shape=(1, 28, 28), mean=utils.MNIST_MEAN,
+                  std=utils.MNIST_STD, augment=None),
+    'cifar10': dict(default='../shared/data/cifar10-subset', shape=(3, 32, 32), mean=utils.CIFAR_MEAN,
+                    std=utils.CIFAR_STD, augment=dict(crop_pad=4, flip=True)),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Switches on the unit groups of a chain
+# ----------------------------------------------------------------------------------------------------
+
+UNITS = (nn.Conv2d, nn.Linear)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def add_switches(plain, flat_switch=False):
+    """The chain with a Switch after every unit layer but the output layer (after its BatchNorm when
+    it has one) and, with flat_switch, one after each Flatten. The layers are shared with `plain`."""
+    layers = list(plain)
+    output = [m for m in layers if isinstance(m, UNITS)][-1]
+    out = []
+    for i, m in enumerate(layers):
+        out.append(m)
+        if isinstance(m, nn.Flatten) and flat_switch:
+            out.append(Switch((_next_unit(layers, i).in_features,)))
+        unit = _unit_ending_at(layers, i)
+        if unit is not None and unit is not output:
+            out.append(Switch((unit.out_channels, 1, 1) if isinstance(unit, nn.Conv2d) else (unit.out_features,)))
+    return nn.Sequential(*out)
+
+
+def _unit_ending_at(layers, i):
+    """The Conv2d/Linear whose output is complete after layer i: layer i itself, or the unit before it
+    when layer i is that unit's BatchNorm."""
+    m = layers[i]
+    if isinstance(m, UNITS):
+        followed_by_norm = i + 1 < len(layers) and isinstance(layers[i + 1], NORMS)
+        return None if followed_by_norm else m
+    if isinstance(m, NORMS) and i > 0 and isinstance(layers[i - 1], UNITS):
+        return layers[i - 1]
+    return None
+
+
+def _next_unit(layers, i):
+    """The first Conv2d/Linear after position i."""
+    for m in layers[i + 1:]:
+        if isinstance(m, UNITS):
+            return m
+    raise ValueError(f'no Conv2d or Linear after layer {i} ({type(layers[i]).__name__})')
+
+
+def _owner(layers, i):
+    """For the Switch at position i: the Conv2d/Linear whose output units it scales (directly or
+    after that unit's BatchNorm), or None when it scales the inputs of the next unit layer."""
+    j = i - 1
+    if j >= 0 and isinstance(layers[j], NORMS):
+        j -= 1
+    return layers[j] if j >= 0 and isinstance(layers[j], UNITS) else None
+
+
+def switch_layers(seq):
+    """One row per Switch of a switched chain, in order: dict(label, index, switch, owner, consumer).
+
+    owner is the unit layer whose outputs the switch scales (None for a switch on inputs); consumer is
+    the next unit layer, which reads them. Labels: conv1, conv2, ... and fc1, fc2, ... after the owner;
+    'in' for the network's input, 'flat' for flattened features."""
+    layers = list(seq)
+    rows, counts = [], {nn.Conv2d: 0, nn.Linear: 0}
+    for i, m in enumerate(layers):
+        if isinstance(m, UNITS):
+            counts[type(m)] += 1
+        if not isinstance(m, Switch):
+            continue
+        owner = _owner(layers, i)
+        if owner is None:
+            label = 'flat' if any(counts.values()) else 'in'
+        else:
+            label = ('conv' if isinstance(owner, nn.Conv2d) else 'fc') + str(counts[type(owner)])
+        rows.append(dict(label=label, index=i, switch=m, owner=owner, consumer=_next_unit(layers, i)))
+    return rows
+
+
+def alive_units(seq):
+    """{switch: bool per unit}: unpruned and, for a switch on flattened features, fed by a channel that
+    is still alive. A pruned filter silences all H*W features it owns after a Flatten."""
+    layers = list(seq)
+    alive, keep = {}, None          # keep: bool per entry of the current tensor (None: all alive)
+    for i, m in enumerate(layers):
+        if isinstance(m, UNITS):
+            keep = None
+        elif isinstance(m, Switch):
+            own = m.mask.flatten() != 0
+            keep = own if keep is None else keep & own
+            alive[m] = keep
+        elif isinstance(m, nn.Flatten) and keep is not None:
+            keep = keep.repeat_interleave(_next_unit(layers, i).in_features // len(keep))
+    return alive
+
+
+# ----------------------------------------------------------------------------------------------------
+# Physical pruning
+# ----------------------------------------------------------------------------------------------------
+# Walk the chain once, tracking which of the original entries of dim 1 the current tensor still holds.
+# A unit layer keeps the rows of its unpruned units and the columns of the entries still present; its
+# switch's values are folded into its weights (or into its BatchNorm's affine parameters, since a
+# switch after BatchNorm scales the normalised output). A switch on inputs becomes a Select of the
+# surviving entries, its values folded into the columns of the next unit layer.
+
+PER_CHANNEL = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)
+
+
+class Select(nn.Module):
+    """Keeps the entries `index` of dim 1: the input pixels or flattened features that survive."""
+
+    def __init__(self, index):
+        super().__init__()
+        self.register_buffer('index', index)
+
+    def forward(self, x):
+        return x.index_select(1, self.index)
+
+    def extra_repr(self):
+        return f'{len(self.index)} entries'
+
+
+def physical_prune(seq):
+    """A smaller chain without switches whose outputs equal those of the switched chain `seq`."""
+    layers = list(seq)
+    out = []
+    keep = None     # original positions of the current tensor's entries along dim 1 (None: all)
+    width = None    # original size of dim 1 of the current tensor
+    scale = None    # per-entry factor of the current tensor still to fold into the next unit layer
+    with torch.no_grad():
+        for i, m in enumerate(layers):
+            if isinstance(m, UNITS):
+                sw, norm = _own_switch(layers, i)
+                rows = sw.mask.flatten().nonzero().flatten() if sw is not None else None
+                factor = sw.value().flatten()[rows] if sw is not None and norm is None else None
+                out.append(_slice_unit(m, rows, keep, scale, factor))
+                keep, scale = rows, None
+                width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            elif isinstance(m, NORMS):
+                sw = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], Switch) else None
+                owned = sw is not None and _owner(layers, i + 1) is not None
+                factor = sw.value().flatten()[keep] if owned else None
+                out.append(_slice_norm(m, keep, factor, scale))
+            elif isinstance(m, Switch):
+                if _owner(layers, i) is not None:
+                    continue        # folded into its unit layer or BatchNorm
+                present = keep if keep is not None else torch.arange(m.s.numel(), device=m.s.device)
+                factor = m.value().flatten()[present]
+                scale = factor if scale is None else scale * factor
+                on = (m.mask.flatten()[present] != 0).nonzero().flatten()
+                if len(on) < len(present):
+                    out.append(Select(on))
+                keep, scale = present[on], scale[on]
+            elif isinstance(m, nn.Flatten):
+                in_features = _next_unit(layers, i).in_features
+                if keep is not None:
+                    # Channel c owns the H*W consecutive features c*H*W .. (c+1)*H*W - 1.
+                    hw = in_features // width
+                    keep = (keep[:, None] * hw + torch.arange(hw, device=keep.device)).flatten()
+                    scale = scale.repeat_interleave(hw) if scale is not None else None
+                width = in_features
+                out.append(copy.deepcopy(m))
+            elif isinstance(m, PER_CHANNEL):
+                if scale is not None and not isinstance(m, (nn.Dropout, nn.Identity)):
+                    raise ValueError(f'a switch on inputs must feed a Conv2d or Linear directly, not '
+                                     f'{type(m).__name__} (layer {i})')
+                out.append(copy.deepcopy(m))
+            else:
+                raise ValueError(f'physical_prune: unsupported layer {type(m).__name__} (layer {i})')
+    return nn.Sequential(*out).train(seq.training)
+
+
+def _own_switch(layers, i):
+    """(switch, batchnorm) that follow the unit layer at i; either may be None."""
+    j, norm = i + 1, None
+    if j < len(layers) and isinstance(layers[j], NORMS):
+        norm, j = layers[j], j + 1
+    if j < len(layers) and isinstance(layers[j], Switch):
+        return layers[j], norm
+    return None, norm
+
+
+def _slice_unit(m, rows, cols, col_scale, row_scale):
+    """Copy of a Conv2d/Linear keeping output `rows` and input `cols` (None: all), with its input
+    entries multiplied by col_scale and its outputs by row_scale (None: 1)."""
+    if isinstance(m, nn.Conv2d) and m.groups != 1:
+        raise ValueError('physical_prune: grouped convolutions are not supported')
+    w, b = m.weight, m.bias
+    if rows is not None:
+        w, b = w[rows], (b[rows] if b is not None else None)
+    if cols is not None:
+        w = w[:, cols]
+    expand = (1,) * (w.dim() - 2)
+    if col_scale is not None:
+        w = w * col_scale.view(1, -1, *expand)
+    if row_scale is not None:
+        w = w * row_scale.view(-1, 1, *expand)
+        b = b * row_scale if b is not None else None
+    new = copy.deepcopy(m)               # same configuration: stride, padding, dilation, ...
+    new.weight = nn.Parameter(w.detach().clone(), requires_grad=m.weight.requires_grad)
+    if b is not None:
+        new.bias = nn.Parameter(b.detach().clone(), requires_grad=m.bias.requires_grad)
+    if isinstance(m, nn.Conv2d):
+        new.out_channels, new.in_channels = w.shape[0], w.shape[1]
+    else:
+        new.out_features, new.in_features = w.shape[0], w.shape[1]
+    return new
+
+
+def _slice_norm(m, keep, factor, scale):
+    """Copy of a BatchNorm keeping channels `keep` (None: all), its output multiplied by `factor`."""
+    if scale is not None:
+        raise ValueError('physical_prune: a switch on inputs must feed a Conv2d or Linear, not BatchNorm')
+    new = copy.deepcopy(m)
+    if keep is not None:
+        for name in ('weight', 'bias'):
+            if getattr(m, name) is not None:
+                setattr(new, name, nn.Parameter(getattr(m, name)[keep].detach().clone()))
+        for name in ('running_mean', 'running_var'):
+            if getattr(m, name) is not None:
+                setattr(new, name, getattr(m, name)[keep].clone())
+        new.num_features = len(keep)
+    if factor is not None:
+        if not m.affine:
+            raise ValueError('physical_prune: a switch after a BatchNorm without affine parameters')
+        # s * (x_hat * weight + bias) = x_hat * (s * weight) + s * bias, in train and eval mode alike.
+        new.weight.mul_(factor)
+        new.bias.mul_(factor)
+    return new
+
+
+def pruned_masks(seq):
+    """The switch masks of a chain (bool per entry, one tensor per switch): what load_pruned needs to
+    rebuild the pruned architecture."""
+    return [row['switch'].mask.flatten().bool().cpu() for row in switch_layers(seq)]
+
+
+def load_pruned(path):
+    """The physically pruned network saved by a compression run (an ordinary nn.Sequential)."""
+    state = utils.load_checkpoint(path)
+    if state.get('model') not in MODELS or 'masks' not in state or 'state_dict' not in state:
+        raise utils.UserError(f'{path} is not a pruned model written by compress.py')
+    seq = build(state['model'])[1]
+    rows = switch_layers(seq)
+    if len(rows) != len(state['masks']):
+        raise utils.UserError(f'{path} does not match model {state["model"]}: its switch layers differ')
+    for row, mask in zip(rows, state['masks']):
+        row['switch'].prune_(~mask.reshape(row['switch'].s.shape))
+    net = physical_prune(seq)
+    try:
+        net.load_state_dict(state['state_dict'])
+    except RuntimeError as e:
+        raise utils.UserError(f'{path} does not match model {state["model"]}: {e}') from e
+    return net.eval()
+
+
+def build(name):
+    """(plain chain, switched chain sharing its layers) for a model of MODELS."""
+    spec = MODELS[name]
+    plain = spec['build']()
+    return plain, add_switches(plain, spec['flat_switch'])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The magnitude baseline
+# ----------------------------------------------------------------------------------------------------
+
+def unit_norms(row):
+    """L2 norm of each unit's weights: the incoming weights of a filter or neuron (its slice of the
+    owner), or for a switch on inputs the weights that read the input (its column of the consumer)."""
+    if row['owner'] is not None:
+        return row['owner'].weight.detach().flatten(1).norm(dim=1)
+    return row['consumer'].weight.detach().transpose(0, 1).flatten(1).norm(dim=1)
+
+
+def magnitude_prune(seq, targets):
+    """Prune every switch layer of `seq` down to targets[k] live units, dropping the units of smallest
+    weight norm. Layers are taken in order, because pruned filters also silence flattened features."""
+    for row, target in zip(switch_layers(seq), targets):
+        sw = row['switch']
+        alive = alive_units(seq)[sw]
+        excess = int(alive.sum()) - int(target)
+        if excess <= 0:
+            continue
+        norms = unit_norms(row).masked_fill(~alive.to(sw.s.device), math.inf)
+        drop = torch.zeros(sw.s.numel(), dtype=torch.bool, device=sw.s.device)
+        drop[norms.argsort(stable=True)[:excess]] = True
+        sw.prune_(drop.reshape(sw.s.shape))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training, the proximal penalty step, evaluation
+# ----------------------------------------------------------------------------------------------------
+
+def switch_params(seq):
+    return [m.s for m in seq.modules() if isinstance(m, Switch)]
+
+
+def make_optimizer(seq, args, with_switches):
+    """SGD over the weights (with weight decay) and, while they train, the switches (without)."""
+    switches = {id(p) for p in switch_params(seq)}
+    weights = [p for p in seq.parameters() if id(p) not in switches]
+    groups = [dict(params=weights, weight_decay=args.weight_decay)]
+    if with_switches:
+        groups.append(dict(params=switch_params(seq), weight_decay=0.0))
+    for p in switch_params(seq):
+        p.requires_grad_(with_switches)
+    return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
+
+
+def group_ids(prior, name, sw):
+    """Indices into the prior's groups of the entries of switch `name` (one group per entry)."""
+    slot = {key: i for i, key in enumerate(prior.keys)}
+    keys = [name] if sw.s.dim() == 0 else [f'{name}[{i}]' for i in range(sw.s.numel())]
+    return torch.tensor([slot[k] for k in keys], device=sw.s.device)
+
+
+class Prox:
+    """Proximal step of lambda * sum_g omega_g ||s_g||: s_g <- s_g * max(0, 1 - lr lambda omega_g / ||s_g||)."""
+
+    def __init__(self, seq, prior, lam):
+        self.prior, self.lam = prior, lam
+        self.entries = [(m, group_ids(prior, name, m)) for name, m in seq.named_modules() if isinstance(m, Switch)]
+        self.gid = torch.cat([ids for _, ids in self.entries])
+
+    @torch.no_grad()
+    def __call__(self, lr):
+        s = torch.cat([m.s.flatten() for m, _ in self.entries])
+        norm = torch.zeros(len(self.prior.keys), dtype=s.dtype, device=s.device).index_add_(0, self.gid, s * s).sqrt()
+        step = lr * self.lam * self.prior.omega.to(s)
+        shrink = (1 - step / norm.clamp_min(1e-30)).clamp_min(0)
+        for m, ids in self.entries:
+            m.s.mul_(shrink[ids].view(m.s.shape))
+
+
+def train_epoch(model, batches, optimizer, lr_of, prox, run, what):
+    """One pass over `batches`; lr_of(step) gives each step's learning rate. Returns (loss, error %)."""
+    model.train()
+    loss_m, acc_m = utils.AverageMeter(), utils.AverageMeter()
+    for step, (x, y) in enumerate(batches):
+        lr = lr_of(step)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        utils.check_finite(loss, f'{what}: training loss')
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if prox is not None:
+            prox(lr)
+        loss_m.update(loss.item(), len(y))
+        acc_m.update(utils.accuracy(logits.detach(), y)[0], len(y))
+        if run.report_freq and (step + 1) % run.report_freq == 0:
+            run.log(f'{what} step {step + 1}/{len(batches)} loss {loss_m.avg:.4f} '
+                    f'error {100 - acc_m.avg:.2f}% lr {lr:.4g}')
+    return loss_m.avg, 100 - acc_m.avg
+
+
+@torch.no_grad()
+def test_error(model, x, y, mean, std, batch_size=500):
+    """Top-1 error (%) on uint8 images x, the model in eval mode (its mode restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    wrong = 0
+    for i in range(0, len(x), batch_size):
+        logits = model(utils.normalize(x[i:i + batch_size], mean, std))
+        wrong += (logits.argmax(1) != y[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    return 100.0 * wrong / max(len(x), 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The compression run
+# ----------------------------------------------------------------------------------------------------
+
+def schedule(args):
+    """The run's phases in order: (name, kind, epochs)."""
+    phases = [('dense', 'dense', 0 if args.pretrained else args.epochs)]
+    phases += [(f'iteration {k}', 'penalised', args.epochs_per_iteration) for k in range(1, args.iterations + 1)]
+    phases.append(('finetune', 'finetune', args.finetune_epochs))
+    if args.compare == 'magnitude':
+        # The same number of epochs BayesNAS trains after the dense phase.
+        phases.append(('magnitude', 'magnitude', args.iterations * args.epochs_per_iteration + args.finetune_epochs))
+    return phases
+
+
+def layer_units(seq):
+    """[(label, units before, live units)] per switch layer."""
+    alive = alive_units(seq)
+    return [(row['label'], row['switch'].s.numel(), int(alive[row['switch']].sum())) for row in switch_layers(seq)]
+
+
+def units_string(units, which):
+    return '-'.join(str(u[which]) for u in units)
+
+
+def keep_strongest(model, prior, threshold):
+    """Make sure no layer loses its last unit: if every live unit of a switch would fall below the
+    threshold, the one with the largest gamma is raised to it."""
+    for name, sw in model.named_modules():
+        if not isinstance(sw, Switch):
+            continue
+        ids = group_ids(prior, name, sw).to(prior.gamma.device)
+        gamma, live = prior.gamma[ids], ~prior.pruned[ids]
+        if live.any() and not (live & (gamma >= threshold)).any():
+            best = ids[torch.where(live, gamma, torch.full_like(gamma, -math.inf)).argmax()]
+            prior.gamma[best] = threshold
+
+
+class Compression:
+    """State and phases of one run: the switched model, its prior, the optional baseline, the data."""
+
+    def __init__(self, args, run, device):
+        self.args, self.run = args, run
+        self.data_spec = DATASETS[MODELS[args.model]['data']]
+        self.data = load_data(args.data, MODELS[args.model]['data'], device)
+        utils.set_seed(args.seed)
+        self.plain, self.model = build(args.model)
+        if args.pretrained:
+            load_dense(self.plain, args.pretrained, args.model)
+        self.model.to(device)
+        self.prior = HardPrior(self.model, args.lam)
+        self.baseline = build(args.model)[1].to(device) if args.compare == 'magnitude' else None
+        self.batches = utils.Batches(self.data['train_x'], self.data['train_y'], args.batch_size,
+                                     shuffle=True, drop_last=True, augment=self.data_spec['augment'],
+                                     mean=self.data_spec['mean'], std=self.data_spec['std'], seed=args.seed)
+        if len(self.batches) == 0:
+            raise utils.UserError(f'--batch_size {args.batch_size} is larger than the training set '
+                                  f'({len(self.data["train_x"])} images)')
+        self.phases = schedule(args)
+        self.st = dict(phase=0, epoch=0, optimizer=None, dense=None, results={}, elapsed=0.0)
+        self.report_freq = args.report_freq
+        self.t0 = time.time()
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def elapsed(self):
+        return self.st['elapsed'] + time.time() - self.t0
+
+    def save(self):
+        st = dict(self.st, elapsed=self.elapsed(), args=vars(self.args), model=self.model.state_dict(),
+                  prior=self.prior.state_dict(), rng=utils.get_rng_state(),
+                  baseline=self.baseline.state_dict() if self.baseline is not None else None)
+        utils.save_checkpoint(st, self.run.file('checkpoint.pt'))
+
+    def restore(self, state):
+        try:
+            self.model.load_state_dict(state['model'])
+            self.prior.load_state_dict(state['prior'])
+            if self.baseline is not None:
+                self.baseline.load_state_dict(state['baseline'])
+            self.st = {k: state[k] for k in self.st}
+            utils.set_rng_state(state['rng'])
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise utils.UserError(f'checkpoint {self.run.file("checkpoint.pt")} does not fit this run: '
+                                  f'{type(e).__name__}: {e}') from e
+        self.t0 = time.time()
+
+    # -- the phases ----------------------------------------------------------------------------------
+
+    def execute(self):
+        while self.st['phase'] < len(self.phases):
+            name, kind, epochs = self.phases[self.st['phase']]
+            net = self.baseline if kind == 'magnitude' else self.model
+            if self.st['epoch'] == 0 and kind == 'magnitude':
+                self.start_magnitude()
+            optimizer = make_optimizer(net, self.args, with_switches=kind == 'penalised')
+            if self.st['optimizer'] is not None:
+                optimizer.load_state_dict(self.st['optimizer'])
+            prox = Prox(self.model, self.prior, self.args.lam) if kind == 'penalised' else None
+            while self.st['epoch'] < epochs:
+                self.train_one_epoch(name, kind, epochs, net, optimizer, prox)
+            getattr(self, f'end_{kind}')(name)
+            self.st.update(phase=self.st['phase'] + 1, epoch=0, optimizer=None)
+            self.save()
+
+    def epoch_offset(self, kind):
+        """Index of the phase's first epoch in the data order; the baseline sees the batches that
+        BayesNAS saw after the dense phase."""
+        if kind == 'magnitude':
+            return self.phases[0][2]
+        return sum(p[2] for p in self.phases[:self.st['phase']])
+
+    def train_one_epoch(self, name, kind, epochs, net, optimizer, prox):
+        e, n = self.st['epoch'], len(self.batches)
+        lr0, total = self.args.learning_rate, epochs * n
+
+        def lr_of(step):
+            if kind == 'penalised':     # the switches train at a constant rate
+                return lr0
+            return 0.5 * lr0 * (1 + math.cos(math.pi * (e * n + step) / total))
+
+        index = self.epoch_offset(kind) + e
+        self.batches.set_epoch(index)
+        loss, err = train_epoch(net, self.batches, optimizer, lr_of, prox, self, name)
+        self.st['epoch'] += 1
+        self.st['optimizer'] = optimizer.state_dict()
+        penalty = f' penalty {self.prior.penalty().item():.4f}' if kind == 'penalised' else ''
+        self.run.log(f'{name} epoch {e + 1}/{epochs} train loss {loss:.4f} error {err:.2f}%{penalty}')
+        prefix = 'baseline_' if kind == 'magnitude' else ''
+        self.run.metric(phase=name, epoch=index + 1, **{f'{prefix}train_loss': loss, f'{prefix}train_error': err})
+        self.save()
+
+    def log(self, msg):
+        self.run.log(msg)
+
+    def error(self, net):
+        return test_error(net, self.data['test_x'], self.data['test_y'], self.data_spec['mean'], self.data_spec['std'])
+
+    def end_dense(self, name):
+        self.st['dense'] = {k: v.detach().clone() for k, v in self.plain.state_dict().items()}
+        utils.save_checkpoint(dict(model=self.args.model, state_dict=self.st['dense']),
+                              self.run.file('dense_model.pt'))
+        self.st['results']['error_dense'] = self.error(self.model)
+        self.log(f'dense model: test error {self.st["results"]["error_dense"]:.2f}%')
+
+    def end_penalised(self, name):
+        args = self.args
+        batches = utils.Batches(self.data['train_x'], self.data['train_y'], args.batch_size, shuffle=True,
+                                mean=self.data_spec['mean'], std=self.data_spec['std'], seed=args.seed + 1)
+        batches.set_epoch(self.st['phase'])
+        curv = switch_curvature(self.model, itertools.islice(batches, args.hessian_batches), args.hessian)
+        self.prior.update(curv)
+        keep_strongest(self.model, self.prior, args.threshold)
+        newly = self.prior.prune(args.threshold)
+        units = layer_units(self.model)
+        err = self.error(self.model)
+        self.st['results'].setdefault('iterations', []).append(
+            dict(iteration=name, pruned=len(newly), units=[u[2] for u in units], masked_error=err))
+        self.log(f'{name}: pruned {len(newly)} units, {units_string(units, 1)} -> {units_string(units, 2)}, '
+                 f'masked test error {err:.2f}%')
+        self.run.metric(phase=name, pruned=len(newly), units=[u[2] for u in units], masked_error=err)
+
+    def end_finetune(self, name):
+        res = self.st['results']
+        res['error_masked'] = self.error(self.model)
+        pruned = physical_prune(self.model)
+        res['error_pruned'] = self.error(pruned)
+        save_pruned(self.args.model, self.model, pruned, self.run.file('pruned_model.pt'))
+        self.log(f'BayesNAS fine-tuned: test error masked {res["error_masked"]:.2f}%, '
+                 f'physically pruned {res["error_pruned"]:.2f}%')
+
+    def start_magnitude(self):
+        """The dense weights, pruned by weight norm to the BayesNAS model's units per layer."""
+        layers = list(self.baseline)
+        nn.Sequential(*[m for m in layers if not isinstance(m, Switch)]).load_state_dict(self.st['dense'])
+        with torch.no_grad():
+            for m in layers:
+                if isinstance(m, Switch):
+                    m.s.fill_(1)
+                    m.mask.fill_(1)
+        magnitude_prune(self.baseline, [u[2] for u in layer_units(self.model)])
+        res = self.st['results']
+        res['error_magnitude_before_finetune'] = self.error(self.baseline)
+        self.log(f'magnitude baseline: {units_string(layer_units(self.baseline), 2)} units, test error '
+                 f'before fine-tuning {res["error_magnitude_before_finetune"]:.2f}%')
+
+    def end_magnitude(self, name):
+        res = self.st['results']
+        res['error_magnitude'] = self.error(self.baseline)
+        pruned = physical_prune(self.baseline)
+        res['error_magnitude_pruned'] = self.error(pruned)
+        save_pruned(self.args.model, self.baseline, pruned, self.run.file('magnitude_model.pt'))
+        self.log(f'magnitude baseline fine-tuned: test error masked {res["error_magnitude"]:.2f}%, '
+                 f'physically pruned {res["error_magnitude_pruned"]:.2f}%')
+
+
+def save_pruned(name, seq, pruned, path):
+    utils.save_checkpoint(dict(model=name, masks=pruned_masks(seq),
+                               state_dict={k: v.cpu() for k, v in pruned.state_dict().items()}), path)
+
+
+def load_dense(plain, path, name):
+    """Load the dense weights written by an earlier run (its dense_model.pt) into `plain`."""
+    state = utils.load_checkpoint(path)
+    if state.get('model') != name or 'state_dict' not in state:
+        raise utils.UserError(f'--pretrained {path} is not a dense {name} model written by compress.py '
+                              f'(it holds {state.get("model", "something else")!r})')
+    try:
+        plain.load_state_dict(state['state_dict'])
+    except RuntimeError as e:
+        raise utils.UserError(f'--pretrained {path} does not fit {name}: {" ".join(str(e).split())}') from e
+
+
+def load_data(root, dataset, device):
+    root = root or DATASETS[dataset]['default']
+    if dataset == 'mnist':
+        return utils.load_mnist(root, device=device)
+    return utils.load_cifar10(root, device=device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------
+
+def make_report(comp):
+    """report.json, the table in the log, units.png and curves.png of a finished run."""
+    args, run, res = comp.args, comp.run, comp.st['results']
+    shape = comp.data_spec['shape']
+    nets = {'dense': comp.plain, 'bayesnas': physical_prune(comp.model)}
+    units = {'dense': [u[1] for u in layer_units(comp.model)], 'bayesnas': [u[2] for u in layer_units(comp.model)]}
+    files = {'dense': 'dense_model.pt', 'bayesnas': 'pruned_model.pt'}
+    if comp.baseline is not None:
+        nets['magnitude'] = physical_prune(comp.baseline)
+        units['magnitude'] = [u[2] for u in layer_units(comp.baseline)]
+        files['magnitude'] = 'magnitude_model.pt'
+    params = {k: utils.count_params(n) for k, n in nets.items()}
+    macs = {k: utils.count_macs(n, shape) for k, n in nets.items()}
+    labels = [u[0] for u in layer_units(comp.model)]
+    last = res.get('iterations', [{}])[-1].get('masked_error')
+    report = dict(
+        model=args.model, dataset=MODELS[args.model]['data'],
+        layers=[dict(layer=label, **{k: v[i] for k, v in units.items()}) for i, label in enumerate(labels)],
+        units={k: '-'.join(map(str, v)) for k, v in units.items()},
+        params=params, macs=macs,
+        compression={k: params['dense'] / params[k] for k in nets if k != 'dense'},
+        speedup={k: macs['dense'] / macs[k] for k in nets if k != 'dense'},
+        file_bytes={k: run.file(f).stat().st_size for k, f in files.items()},
+        error=dict(dense=res['error_dense'], bayesnas=res['error_masked'], bayesnas_pruned=res['error_pruned'],
+                   bayesnas_before_finetune=last,
+                   **({} if comp.baseline is None else dict(
+                       magnitude=res['error_magnitude'], magnitude_pruned=res['error_magnitude_pruned'],
+                       magnitude_before_finetune=res['error_magnitude_before_finetune']))),
+        iterations=res.get('iterations', []),
+        wall_time_s=comp.elapsed())
+    run.file('report.json').write_text(json.dumps(report, indent=2) + '\n')
+    for line in report_lines(report):
+        run.log(line)
+    plot_units(report, run.file('units.png'))
+    utils.plot_curves(run.file('metrics.jsonl'), run.file('curves.png'),
+                      ['train_loss', 'train_error', 'baseline_train_loss', 'baseline_train_error'])
+    return report
+
+
+def report_lines(r):
+    kinds = [k for k in ('dense', 'bayesnas', 'magnitude') if k in r['params']]
+    names = {'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnitude'}
+    lines = [f'{"layer":<10}' + ''.join(f'{names[k]:>12}' for k in kinds)]
+    lines += [f'{row["layer"]:<10}' + ''.join(f'{row[k]:>12}' for k in kinds) for row in r['layers']]
+    for what, key in (('units', 'units'), ('params', 'params'), ('MACs', 'macs'), ('file bytes', 'file_bytes')):
+        lines.append(f'{what:<10}' + ''.join(f'{r[key][k]:>12}' if isinstance(r[key][k], str) else f'{r[key][k]:>12,}'
+                                             for k in kinds))
+    lines.append(f'{"params x":<10}' + f'{"1.0":>12}' + ''.join(f'{r["compression"][k]:>12.1f}' for k in kinds[1:]))
+    lines.append(f'{"MACs x":<10}' + f'{"1.0":>12}' + ''.join(f'{r["speedup"][k]:>12.1f}' for k in kinds[1:]))
+    e = r['error']
+    lines.append(f'{"error %":<10}' + ''.join(f'{e[k]:>12.2f}' for k in kinds))
+    text = (f'test error: dense {e["dense"]:.2f}%, BayesNAS {e["bayesnas"]:.2f}% (physically pruned '
+            f'{e["bayesnas_pruned"]:.2f}%')
+    if e['bayesnas_before_finetune'] is not None:
+        text += f', before fine-tuning {e["bayesnas_before_finetune"]:.2f}%'
+    text += ')'
+    if 'magnitude' in e:
+        text += (f', magnitude {e["magnitude"]:.2f}% (physically pruned {e["magnitude_pruned"]:.2f}%, '
+                 f'before fine-tuning {e["magnitude_before_finetune"]:.2f}%)')
+    lines.append(text)
+    lines.append(f'units {r["units"]["dense"]} -> {r["units"]["bayesnas"]}, parameters '
+                 f'{r["compression"]["bayesnas"]:.1f}x fewer, multiply-adds {r["speedup"]["bayesnas"]:.1f}x fewer, '
+                 f'wall time {utils.format_time(r["wall_time_s"])}')
+    return lines
+
+
+def plot_units(report, path):
+    import matplotlib
+    matplotlib.use('Agg')  # files only
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in ('dense', 'bayesnas', 'magnitude') if k in report['params']]
+    labels = [row['layer'] for row in report['layers']]
+    width = 0.8 / len(kinds)
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(labels) + 2), 3.5))
+    for j, k in enumerate(kinds):
+        xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(labels))]
+        values = [row[k] for row in report['layers']]
+        bars = ax.bar(xs, values, width, label={'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnitude'}[k])
+        if len(labels) <= 6:
+            ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel('units')
+    ax.set_title(f'{report["model"]}: units per layer, {report["units"]["dense"]} -> {report["units"]["bayesnas"]}',
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one-line UserErrors (no usage dump)."""
+
+    def error(self, message):
+        raise utils.UserError(message)
+
+
+def parse_args(argv):
+    p = _Parser(description='Structural-sparsity compression of LeNet/VGG with BayesNAS switches and the HARD '
+                            'prior (see the module docstring).')
+    p.add_argument('--model', default='lenet300', choices=sorted(MODELS), help='network to compress')
+    p.add_argument('--data', default=None, help='data root (default ../shared/data/mnist-subset for the MNIST '
+                                                'models, ../shared/data/cifar10-subset for vgg16)')
+    p.add_argument('--epochs', type=int, default=10, help='dense training epochs')
+    p.add_argument('--pretrained', default=None, help="dense_model.pt of an earlier run: skip dense training")
+    p.add_argument('--iterations', type=int, default=3, help='penalised training -> curvature -> update -> prune')
+    p.add_argument('--epochs_per_iteration', type=int, default=2, help='penalised epochs per iteration')
+    p.add_argument('--hessian', default='recursive', choices=METHODS, help='curvature estimator')
+    p.add_argument('--hessian_batches', type=int, default=20, help='training batches for the curvature')
+    p.add_argument('--lambda', dest='lam', type=float, default=0.02, help='temperature lambda (> 0): larger is sparser')
+    p.add_argument('--threshold', type=float, default=0.01, help='prune units whose gamma falls below this')
+    p.add_argument('--finetune_epochs', type=int, default=6, help='fine-tuning epochs after pruning')
+    p.add_argument('--batch_size', type=int, default=64)
+    p.add_argument('--learning_rate', type=float, default=0.05)
+    p.add_argument('--momentum', type=float, default=0.9)
+    p.add_argument('--weight_decay', type=float, default=5e-4, help='for the weights; switches get none')
+    p.add_argument('--compare', default='none', choices=('none', 'magnitude'),
+                   help='magnitude: also prune the dense model by weight norm to the same units per layer')
+    p.add_argument('--save', default=None, help='run directory (default runs/compress-MODEL-TIME)')
+    p.add_argument('--resume', action='store_true', help='continue the run in --save')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: CPU)')
+    p.add_argument('--report_freq', type=int, default=100, help='log every N steps (0: once per epoch)')
+    args = p.parse_args(argv)
+    checks = [('--lambda', args.lam, args.lam > 0, '> 0'),
+              ('--threshold', args.threshold, args.threshold >= 0, '>= 0'),
+              ('--learning_rate', args.learning_rate, args.learning_rate > 0, '> 0'),
+              ('--momentum', args.momentum, 0 <= args.momentum < 1, 'in [0, 1)'),
+              ('--weight_decay', args.weight_decay, args.weight_decay >= 0, '>= 0'),
+              ('--batch_size', args.batch_size, args.batch_size >= 1, '>= 1'),
+              ('--hessian_batches', args.hessian_batches, args.hessian_batches >= 1, '>= 1'),
+              ('--report_freq', args.report_freq, args.report_freq >= 0, '>= 0')]
+    checks += [(f'--{k}', getattr(args, k), getattr(args, k) >= 0, '>= 0')
+               for k in ('epochs', 'iterations', 'epochs_per_iteration', 'finetune_epochs')]
+    for flag, value, ok, need in checks:
+        if not ok:
+            raise utils.UserError(f'{flag} must be {need}, got {value}')
+    if args.resume and args.save is None:
+        raise utils.UserError('--resume needs --save DIR: the run to continue')
+    args.save = args.save or f'runs/compress-{args.model}-{time.strftime("%Y%m%d-%H%M%S")}'
+    return args
+
+
+# A resumed run keeps its own arguments (so that it continues exactly); only these may change.
+RESUME_MAY_CHANGE = ('data', 'gpu', 'report_freq', 'save', 'resume')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    checkpoint = Path(args.save) / 'checkpoint.pt'
+    state = utils.load_checkpoint(checkpoint) if args.resume and checkpoint.exists() else None
+    if state is not None:
+        if not isinstance(state.get('args'), dict):
+            raise utils.UserError(f'checkpoint {checkpoint} holds no run arguments: not a compress.py run')
+        args = argparse.Namespace(**{**state['args'], **{k: getattr(args, k) for k in RESUME_MAY_CHANGE}})
+    run = utils.RunDir(args.save, args, resume=args.resume)
+    device = torch.device('cpu') if args.gpu is None else utils.get_device(args.gpu)
+    comp = Compression(args, run, device)
+    if state is not None:
+        comp.restore(state)
+        name = comp.phases[min(comp.st['phase'], len(comp.phases) - 1)][0]
+        run.log(f'resuming at {name}, epoch {comp.st["epoch"]}')
+    else:
+        units = layer_units(comp.model)
+        run.log(f'compress {args.model}: units {units_string(units, 1)}, {utils.count_params(comp.plain):,} parameters, '
+                f'{len(comp.data["train_x"])} training / {len(comp.data["test_x"])} test images, device {device}')
+    comp.execute()
+    return make_report(comp)
+
+
+if __name__ == '__main__':
+    utils.cli(main)
