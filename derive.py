@@ -1,0 +1,331 @@
+"""Derive a cell genotype from a BayesNAS search's switch variances (gamma.json).
+
+    python derive.py RUN_DIR                   # BayesNAS rule at the search's own threshold
+    python derive.py RUN_DIR --threshold 0.05  # BayesNAS rule at another threshold
+    python derive.py RUN_DIR --topk 2          # DARTS-comparable cell, (op, input) pairs
+    python derive.py RUN_DIR --topk 2 --out DIR
+
+Two rules, both applied to the effective (coupled) gamma of every switch group:
+
+    threshold   keep every operation whose gamma, and whose edge's gamma, is at least T: any number
+                of operations per edge and any number of incoming edges per node (the paper's rule).
+    topk K      per intermediate node keep the K strongest incoming edges (an edge's strength is the
+                gamma of its strongest operation) with that strongest operation only; pruned
+                operations are never chosen. With K = 2 and two edges for every node the cell is
+                written as DARTS (op, input) pairs, otherwise as (op, from, to) triples.
+
+Both rules respect the cell's dependency structure: nodes are visited in order, an edge is only
+kept when its source node is alive (an input, or an intermediate node with a kept incoming edge),
+and dead nodes leave the concatenation. Every live node is in the concatenation, so every kept
+operation lies on a path from an input to the cell's output. A cell with no live node is an error.
+
+Writes genotype.json, genotype.py (a line that pastes into genotypes.py) and cell_normal.png,
+cell_reduce.png into RUN_DIR (or --out), and prints the literal.
+"""
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import genotypes
+import utils
+
+CELL_TYPES = ('normal', 'reduce')
+INPUTS = (0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading a gamma table
+# ----------------------------------------------------------------------------------------------------
+
+def load_gamma(run_dir):
+    """The gamma.json document a search wrote into run_dir; UserError when missing or malformed."""
+    path = Path(run_dir) / 'gamma.json'
+    if not Path(run_dir).is_dir():
+        raise utils.UserError(f'{run_dir} is not a directory')
+    if not path.is_file():
+        raise utils.UserError(f'{run_dir} holds no search output: {path.name} is missing (search.py '
+                              f'writes it after its first switch update)')
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise utils.UserError(f'{path} is unreadable or not JSON: {e}') from e
+    if not isinstance(doc, dict) or not isinstance(doc.get('groups'), list):
+        raise utils.UserError(f'{path} is not a search gamma table: no "groups" list')
+    return doc
+
+
+def _position(row):
+    """(cell_type, src, dst, op) of a table row; op is None for an edge switch.
+
+    Rows written by search.py carry these fields; bare HardPrior.table() rows of a tied supernet are
+    read from their keys ('normal/0->2' for an edge, 'normal/0->2/sep_conv_3x3' for an operation)."""
+    key = row['key']
+    parts = key.split('/')
+    cell_type = row.get('cell_type', parts[0])
+    try:
+        src, dst = (int(v) for v in parts[1].split('->'))
+    except (IndexError, ValueError):
+        raise ValueError(f'gamma table row {key!r}: no "from->to" edge in its key') from None
+    op = row['op'] if 'op' in row else (parts[2] if len(parts) > 2 else None)
+    if cell_type not in CELL_TYPES:
+        raise ValueError(f'gamma table row {key!r}: unknown cell type {cell_type!r}')
+    if op is not None and op not in genotypes.CANDIDATES:
+        raise ValueError(f'gamma table row {key!r}: unknown operation {op!r}')
+    return cell_type, src, dst, op
+
+
+def cell_tables(rows):
+    """{cell_type: {(src, dst): {'gamma': g, 'pruned': p, 'ops': {op: {'gamma': g, 'pruned': p}}}}}.
+
+    Untied searches have one row per cell for the same position: their gammas are averaged, and a
+    position counts as pruned only when it is pruned in every cell."""
+    collected = defaultdict(list)
+    for row in rows:
+        try:
+            gamma, pruned = float(row['gamma']), bool(row['pruned'])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f'gamma table row {row!r}: needs "key", "gamma" and "pruned"') from None
+        if math.isnan(gamma):
+            raise ValueError(f'gamma table row {row["key"]!r}: gamma is {gamma}')
+        collected[_position(row)].append((gamma, pruned))
+    tables = {t: {} for t in CELL_TYPES}
+    for (cell_type, src, dst, op), values in collected.items():
+        entry = dict(gamma=sum(g for g, _ in values) / len(values), pruned=all(p for _, p in values))
+        edge = tables[cell_type].setdefault((src, dst), dict(gamma=math.inf, pruned=False, ops={}))
+        if op is None:
+            edge.update(entry)
+        else:
+            edge['ops'][op] = entry
+    for cell_type, edges in tables.items():
+        if not edges:
+            raise ValueError(f'gamma table has no rows for the {cell_type} cell')
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------------
+# Derivation rules
+# ----------------------------------------------------------------------------------------------------
+
+def _op_order(op):
+    return genotypes.CANDIDATES.index(op)
+
+
+def _alive_ops(edge):
+    """The edge's unpruned operations with gamma > 0, strongest first."""
+    if edge['pruned']:
+        return []
+    ops = [(op, v['gamma']) for op, v in edge['ops'].items() if not v['pruned'] and v['gamma'] > 0]
+    return sorted(ops, key=lambda o: (-o[1], _op_order(o[0])))
+
+
+def _threshold_choice(candidates, threshold):
+    """Every (src, op) whose gamma and edge gamma clear the threshold."""
+    return [(src, op) for src, edge in candidates if edge['gamma'] >= threshold
+            for op, gamma in _alive_ops(edge) if gamma >= threshold]
+
+
+def _topk_choice(candidates, k):
+    """The strongest operation of each of the k strongest edges."""
+    strongest = [(ops[0][1], src, ops[0][0]) for src, edge in candidates for ops in [_alive_ops(edge)] if ops]
+    strongest.sort(key=lambda s: (-s[0], s[1]))
+    return [(src, op) for _, src, op in strongest[:k]]
+
+
+def derive_cell(edges, cell_type, threshold=None, topk=None):
+    """Kept (op, src, dst) edges and the concat of one cell, visiting nodes in order so that only
+    edges out of live nodes are considered. UserError when no intermediate node survives."""
+    nodes = sorted({dst for _, dst in edges})
+    live, kept = set(INPUTS), []
+    for dst in nodes:
+        candidates = [(src, edges[(src, d)]) for src, d in sorted(edges) if d == dst and src in live]
+        chosen = _threshold_choice(candidates, threshold) if topk is None else _topk_choice(candidates, topk)
+        if chosen:
+            live.add(dst)
+            kept += [(op, src, dst) for src, op in chosen]
+    concat = sorted(live - set(INPUTS))
+    if not concat:
+        rule = f'threshold {threshold:g}' if topk is None else f'topk {topk}'
+        raise utils.UserError(f'the {cell_type} cell is empty under {rule}: no operation into any '
+                              f'intermediate node survives (lower the threshold, or search with a '
+                              f'smaller lambda)')
+    return kept, concat
+
+
+def _as_pairs(kept, nodes):
+    """DARTS (op, input) pairs, two per node in node order, or None when some node has not two."""
+    pairs = []
+    for dst in nodes:
+        ins = [(op, src) for op, src, d in kept if d == dst]
+        if len(ins) != 2:
+            return None
+        pairs += ins
+    return pairs
+
+
+def derive_from_table(rows, threshold=None, topk=None):
+    """Genotype from gamma-table rows (gamma.json's "groups" or HardPrior.table()): exactly one of
+    threshold (the BayesNAS rule) and topk (the DARTS-comparable rule)."""
+    if (threshold is None) == (topk is None):
+        raise ValueError('give exactly one of threshold and topk')
+    if threshold is not None and not threshold >= 0:
+        raise utils.UserError(f'threshold must be >= 0, got {threshold}')
+    if topk is not None and topk < 1:
+        raise utils.UserError(f'--topk must be at least 1, got {topk}')
+    tables = cell_tables(rows)
+    cells = {}
+    for cell_type in CELL_TYPES:
+        kept, concat = derive_cell(tables[cell_type], cell_type, threshold, topk)
+        nodes = sorted({dst for _, dst in tables[cell_type]})
+        pairs = _as_pairs(kept, nodes) if topk == 2 else None
+        # Triples in the order of genotypes.cell_edges (node, source, op name); pairs in node order,
+        # strongest input first, as DARTS writes them.
+        cells[cell_type] = (pairs, nodes) if pairs else (genotypes.cell_edges(kept), concat)
+    return genotypes.Genotype(normal=cells['normal'][0], normal_concat=cells['normal'][1],
+                              reduce=cells['reduce'][0], reduce_concat=cells['reduce'][1])
+
+
+def derive(doc, threshold=None, topk=None):
+    """Genotype from a gamma.json document; threshold defaults to the search's own."""
+    if topk is None and threshold is None:
+        threshold = doc.get('threshold')
+        if threshold is None:
+            raise utils.UserError('gamma.json records no threshold: pass --threshold or --topk')
+    try:
+        return derive_from_table(doc['groups'], threshold=threshold, topk=topk)
+    except ValueError as e:
+        raise utils.UserError(str(e)) from e
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs: genotype files and pictures
+# ----------------------------------------------------------------------------------------------------
+
+def write_genotype(genotype, out_dir, note):
+    """genotype.json and genotype.py (a comment line, then the literal); returns the literal."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    literal = genotypes.to_literal(genotype)
+    genotypes.save_json(genotype, out_dir / 'genotype.json')
+    (out_dir / 'genotype.py').write_text(f'# {note}\n{literal}\n')
+    return literal
+
+
+def _figure(width, height):
+    # A bare Figure renders through the Agg canvas on savefig: no pyplot state, no display needed.
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height))
+
+
+def _op_colors():
+    from matplotlib import colormaps
+    cmap = colormaps['tab10']
+    return {op: cmap(i) for i, op in enumerate(genotypes.CANDIDATES)}
+
+
+def plot_cell(cell, concat, path, title):
+    """Draw one cell: inputs on the left, intermediate nodes in a zigzag, the output on the right;
+    one labelled arrow per operation, arcs fanned out where an edge carries several."""
+    from matplotlib.patches import FancyArrowPatch
+    edges = genotypes.cell_edges(cell)
+    nodes = sorted({dst for _, _, dst in edges} | set(concat))
+    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
+    pos.update({n: (1.0 + i, 0.7 if i % 2 == 0 else -0.7) for i, n in enumerate(nodes)})
+    out = (len(nodes) + 1.0, 0.0)
+    names = {0: 'c_{k-2}', 1: 'c_{k-1}', **{n: str(n - 2) for n in nodes}}
+    colors = _op_colors()
+    fig = _figure(2.2 + 1.6 * len(nodes), 4.2)
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    by_edge = defaultdict(list)
+    for op, src, dst in edges:
+        by_edge[(src, dst)].append(op)
+    for (src, dst), ops in by_edge.items():
+        (x0, y0), (x1, y1) = pos[src], pos[dst]
+        for j, op in enumerate(ops):
+            rad = 0.22 * (j - (len(ops) - 1) / 2) + (0.12 if dst - src > 1 and src >= 2 else 0.0)
+            ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f'arc3,rad={rad}',
+                                         arrowstyle='-|>', mutation_scale=12, color=colors.get(op, 'k'),
+                                         shrinkA=14, shrinkB=14, lw=1.4))
+            # The midpoint of matplotlib's arc3 curve lies half the control offset from the chord.
+            mx, my = (x0 + x1) / 2 + rad * (y1 - y0) / 2, (y0 + y1) / 2 - rad * (x1 - x0) / 2
+            ax.text(mx, my, op, fontsize=7, ha='center', va='center', color=colors.get(op, 'k'),
+                    bbox=dict(boxstyle='round,pad=0.1', fc='white', ec='none', alpha=0.8))
+    for n in concat:
+        ax.add_patch(FancyArrowPatch(pos[n], out, arrowstyle='-|>', mutation_scale=10, color='0.6',
+                                     ls='--', shrinkA=14, shrinkB=14))
+    for n, (x, y) in list(pos.items()) + [('out', out)]:
+        face = 'lightblue' if n in INPUTS else 'palegoldenrod' if n == 'out' else 'lightgray'
+        ax.text(x, y, 'c_{k}' if n == 'out' else names[n], ha='center', va='center', fontsize=9,
+                bbox=dict(boxstyle='round,pad=0.4', fc=face, ec='k'))
+    ax.set_xlim(-0.6, out[0] + 0.6)
+    ax.set_ylim(-1.6, 1.6)
+    ax.axis('off')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_genotype(genotype, out_dir):
+    """cell_normal.png and cell_reduce.png in out_dir."""
+    for cell_type in CELL_TYPES:
+        plot_cell(getattr(genotype, cell_type), getattr(genotype, f'{cell_type}_concat'),
+                  Path(out_dir) / f'cell_{cell_type}.png', f'{cell_type} cell')
+
+
+def plot_gamma(rows, path, threshold=None):
+    """Heat map of log10(gamma) per edge (rows) and switch (columns: the edge switch, then each
+    operation), one panel per cell type; pruned switches are grey with an x."""
+    import numpy as np
+    tables = cell_tables(rows)
+    columns = ['edge'] + genotypes.CANDIDATES
+    fig = _figure(13, 6.5)
+    for k, cell_type in enumerate(CELL_TYPES):
+        edges = sorted(tables[cell_type], key=lambda e: (e[1], e[0]))
+        grid = np.full((len(edges), len(columns)), np.nan)
+        for i, e in enumerate(edges):
+            edge = tables[cell_type][e]
+            for j, entry in enumerate([edge] + [edge['ops'].get(op) for op in genotypes.CANDIDATES]):
+                if entry is not None and not entry['pruned'] and entry['gamma'] > 0:
+                    grid[i, j] = math.log10(entry['gamma'])
+        ax = fig.add_subplot(1, 2, k + 1)
+        ax.set_facecolor('0.85')
+        image = ax.imshow(grid, cmap='viridis', aspect='auto')
+        for i, j in zip(*np.nonzero(np.isnan(grid))):
+            ax.text(j, i, 'x', ha='center', va='center', fontsize=8, color='0.4')
+        ax.set_xticks(range(len(columns)), columns, rotation=45, ha='right', fontsize=8)
+        ax.set_yticks(range(len(edges)), [f'{s}->{d}' for s, d in edges], fontsize=8)
+        ax.set_title(f'{cell_type}: log10 gamma' + (f' (threshold {threshold:g})' if threshold else ''))
+        fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Derive a genotype from a BayesNAS search run.')
+    parser.add_argument('run_dir', help='directory of a search run (holds gamma.json)')
+    rule = parser.add_mutually_exclusive_group()
+    rule.add_argument('--threshold', type=float, default=None,
+                      help="keep ops whose effective gamma >= T (default: the search's threshold)")
+    rule.add_argument('--topk', type=int, default=None,
+                      help='keep the K strongest incoming edges per node, strongest op per edge')
+    parser.add_argument('--out', default=None, help='output directory (default: RUN_DIR)')
+    args = parser.parse_args(argv)
+
+    doc = load_gamma(args.run_dir)
+    genotype = derive(doc, threshold=args.threshold, topk=args.topk)
+    rule_text = (f'topk {args.topk}' if args.topk is not None
+                 else f'threshold {args.threshold if args.threshold is not None else doc["threshold"]:g}')
+    out_dir = Path(args.out or args.run_dir)
+    literal = write_genotype(genotype, out_dir, f'derived from {args.run_dir} by {rule_text}')
+    plot_genotype(genotype, out_dir)
+    print(literal)
+    return genotype
+
+
+if __name__ == '__main__':
+    utils.cli(main)
