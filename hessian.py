@@ -58,13 +58,24 @@ OMEGA_FLOOR = 1e-12
 # ----------------------------------------------------------------------------------------------------
 
 class Switch(nn.Module):
-    """y = s * x with a learnable scale s that broadcasts over x; entries can be pruned (frozen at 0)."""
+    """y = s * x with a learnable scale s that broadcasts over x; entries can be pruned (frozen at 0).
+
+    Switch.mask_version grows whenever some switch's mask may have changed (prune_, load_state_dict),
+    so a caller that skips pruned work can cache what it skips instead of reading masks back from the
+    device on every forward pass. Change masks through prune_ (or a state dict), not in place."""
+
+    mask_version = 0
 
     def __init__(self, shape=(), init=1.0):
         super().__init__()
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.s = nn.Parameter(torch.full(shape, float(init)))
         self.register_buffer('mask', torch.ones(shape))
+        self.register_load_state_dict_post_hook(lambda module, keys: Switch._masks_changed())
+
+    @staticmethod
+    def _masks_changed():
+        Switch.mask_version += 1
 
     @property
     def pruned(self):
@@ -79,6 +90,7 @@ class Switch(nn.Module):
         with torch.no_grad():
             self.mask[where] = 0
             self.s[where] = 0
+        Switch._masks_changed()
 
     def forward(self, x):
         return x * self.value()
@@ -516,7 +528,9 @@ class HardPrior:
 
     def penalty(self):
         """lam * sum_g omega_g * ||w_g||_2 over unpruned groups (differentiable w.r.t. the switches)."""
-        w = self._flat_w()
+        # Raw s, not s * mask: pruned groups weigh 0 below, and one concatenation of the parameters
+        # is far fewer kernels than a product per switch (a supernet has hundreds).
+        w = torch.cat([sw.s.flatten() for _, sw in self.switches]) if self.switches else self.gamma[:0]
         sq = torch.zeros(len(self.keys), dtype=w.dtype, device=w.device).index_add(0, self.gid, w * w)
         # sqrt has an infinite derivative at 0: the tiny offset keeps the gradient finite there.
         norm = (sq + 1e-24).sqrt()

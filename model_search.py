@@ -102,11 +102,18 @@ class Cell(nn.Module):
         # Edges in order of destination: a node is complete before any edge reads it.
         self.edges = nn.ModuleList(Edge(names, src, dst, C, 2 if reduction and src < 2 else 1, switches)
                                    for (src, dst), names in ops_of.items())
+        self._live = None       # (Switch.mask_version, live ops per edge) of the supernet
 
     def _live_ops(self):
         """For each edge, the indices of the ops to compute (empty: skip the edge)."""
         if not self.switches:
             return [range(len(edge.ops)) for edge in self.edges]
+        # Reading masks back from a GPU waits for all queued work: do it only after masks changed.
+        if self._live is None or self._live[0] != hessian.Switch.mask_version:
+            self._live = (hessian.Switch.mask_version, self._read_live_ops())
+        return self._live[1]
+
+    def _read_live_ops(self):
         # One device-to-host copy for the whole cell instead of one per switch.
         keep = (torch.stack([m.reshape(()) for edge in self.edges for m in edge.masks()]) != 0).tolist()
         live, i = [], 0

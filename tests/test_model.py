@@ -25,9 +25,7 @@ def images(n=2, size=8, seed=1):
 
 def prune(switch):
     """Prune a scalar switch the way the prior does: s and mask to 0."""
-    with torch.no_grad():
-        switch.s.zero_()
-        switch.mask.zero_()
+    switch.prune_(torch.ones_like(switch.mask, dtype=torch.bool))
 
 
 class OpCalls:
@@ -314,3 +312,14 @@ def test_untied_prior_prunes_one_cell_only():
     prior.gamma[prior.keys.index('cell0/0->4/max_pool_3x3')] = 0.0
     assert prior.prune(1e-6) == ['cell0/0->4/max_pool_3x3']
     assert calls(net, x)[0] == full - 1
+
+
+def test_loading_a_pruned_state_takes_its_ops_out():
+    """Resuming a search loads pruned masks: the cells must not keep computing what they had cached."""
+    net, x = supernet().eval(), images()
+    calls = OpCalls(net)
+    full, _ = calls(net, x)
+    other = supernet()
+    prune(edge_of(other, 0, 1, 3).switch)
+    net.load_state_dict(other.state_dict())
+    assert calls(net, x)[0] == full - 7
