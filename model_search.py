@@ -176,6 +176,10 @@ class Network(nn.Module):
                                    switches=True))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        # Every op of every edge is summed with its switch at 1, so the last cell's output is many
+        # times larger than one op's; without this BatchNorm the logits start in the tens and SGD at
+        # the paper's learning rate diverges. (Each cell's inputs are normalised by its preprocessing.)
+        self.head_bn = nn.BatchNorm2d(C_prev)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
@@ -183,7 +187,7 @@ class Network(nn.Module):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1)
-        return self.classifier(self.global_pooling(s1).flatten(1))
+        return self.classifier(self.global_pooling(self.head_bn(s1)).flatten(1))
 
     # -- switches ------------------------------------------------------------------------------------
 

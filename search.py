@@ -1,0 +1,463 @@
+"""BayesNAS search on CIFAR-10: train the switch-augmented supernet, then prune it with HARD priors.
+
+    python search.py --gpu 0                                 # the default search (lambda 0.005)
+    python search.py --lambda 0.01 --save runs/search-l01    # a sparser cell
+    python search.py --save runs/search-l01 --resume         # continue an interrupted search
+    python derive.py runs/search-l01 --threshold 0.02        # re-derive the cell afterwards
+
+The protocol (paper's defaults where it states them):
+  1. warm-up: --warmup_epochs epochs of ordinary training of the weights (switches frozen at 1) on
+     the first --warmup_portion of the (shuffled) training set, with cutout;
+  2. --iterations times: one epoch of joint training of weights and switches on the rest of the
+     training set, loss = cross-entropy + lambda * sum_g omega_g ||w_g|| (hessian.HardPrior.penalty),
+     then the curvature of the loss w.r.t. every switch (--hessian, on --hessian_batches batches of the
+     same part, without augmentation), the Laplace update of gamma and omega with the HARD couplings,
+     and pruning of every switch group whose effective gamma falls below --threshold (its ops are no
+     longer computed);
+  3. derivation: every op that survived, kept where it lies on a path from an input to the output
+     (derive.py), printed as a Python literal for genotypes.py.
+SGD with momentum 0.9 and a fixed learning rate 0.1 trains weights and switches; switches get no
+weight decay (their prior is their regulariser). The two parts of the training set are disjoint and
+the test set is never read.
+
+Run directory (--save, default runs/search-TIME): log.txt, args.json, metrics.jsonl, checkpoint.pt
+(atomic, every --checkpoint_freq steps and after every phase; --resume continues exactly), gamma.json
+(gamma, omega, curvature, posterior variance and switch values of every group by cell type, edge and
+op), gamma.png (heat map of gamma per edge and op), curves.png, and after the last iteration
+genotype.json, genotype.py, cell_normal.png and cell_reduce.png.
+"""
+import argparse
+import itertools
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import derive
+import genotypes
+import utils
+from hessian import METHODS, switch_curvature
+from model_search import Network
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------
+
+# Flags that say where and how a run executes, not what it computes: a resumed run may change them.
+RUN_FLAGS = ('data', 'download', 'gpu', 'report_freq', 'checkpoint_freq', 'save', 'resume', 'amp',
+             'channels_last')
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose complaints are one UserError line instead of a usage dump."""
+
+    def error(self, message):
+        raise utils.UserError(f'{message} (see python search.py --help)')
+
+
+def build_parser():
+    p = Parser(description='BayesNAS search of a CIFAR-10 cell (see the module docstring).')
+    p.add_argument('--data', default='data', help='folder holding cifar-10-batches-py (default: data)')
+    p.add_argument('--download', action='store_true', help='download CIFAR-10 into --data if missing')
+    p.add_argument('--batch_size', type=int, default=64, help='batch size (paper: 18, limited by its '
+                   'cached feature maps; default 64)')
+    p.add_argument('--learning_rate', type=float, default=0.1, help='fixed SGD learning rate (0.1)')
+    p.add_argument('--momentum', type=float, default=0.9, help='SGD momentum (0.9)')
+    p.add_argument('--weight_decay', type=float, default=1e-4, help='weight decay of the network '
+                   'weights, not the switches (1e-4)')
+    p.add_argument('--grad_clip', type=float, default=5.0, help='gradient norm clip of the weights, '
+                   '0 for none (5)')
+    p.add_argument('--init_channels', type=int, default=16, help='channels of the first cells (16)')
+    p.add_argument('--layers', type=int, default=8, help='cells in the supernet (8)')
+    p.add_argument('--untie', action='store_true', help='one switch group per cell instead of one per '
+                   'position shared by all cells of a type (cells may then differ)')
+    p.add_argument('--cutout', action=argparse.BooleanOptionalAction, default=True,
+                   help='cutout during the warm-up, as in the paper (default: on)')
+    p.add_argument('--cutout_length', type=int, default=16, help='cutout square side (16)')
+    p.add_argument('--lambda', dest='lam', type=float, default=0.005, help='temperature lambda of all '
+                   'switches: larger is sparser (paper: 0.01, 0.007, 0.005; default 0.005)')
+    p.add_argument('--lambda_origin', type=float, default=None, help='lambda of the edge (parent) '
+                   'switches (default: --lambda)')
+    p.add_argument('--lambda_child', type=float, default=None, help='lambda of the op (child) switches '
+                   '(default: --lambda)')
+    p.add_argument('--hessian', choices=METHODS, default='recursive', help='curvature estimator: the '
+                   "paper's layer-wise recursion, the exact GGN diagonal, or Monte-Carlo Fisher")
+    p.add_argument('--hessian_batches', type=int, default=20, help='training batches the curvature is '
+                   'averaged over (20)')
+    p.add_argument('--warmup_epochs', type=int, default=1, help='epochs of weight-only training (1)')
+    p.add_argument('--warmup_portion', type=float, default=0.1, help='share of the training set for the '
+                   'warm-up; the switches train on the rest (0.1, as the paper)')
+    p.add_argument('--iterations', type=int, default=1, help='joint epoch + curvature + update + prune '
+                   'rounds (paper: 1)')
+    p.add_argument('--threshold', type=float, default=0.02, help='prune switch groups whose effective '
+                   'gamma falls below this (0.02)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: cuda:0 if present, '
+                   'else the CPU)')
+    p.add_argument('--amp', action=argparse.BooleanOptionalAction, default=True,
+                   help='bf16 autocast of the training steps on CUDA (default: on)')
+    p.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
+                   help='channels-last memory format on CUDA (default: on)')
+    p.add_argument('--report_freq', type=int, default=50, help='log every this many steps (50)')
+    p.add_argument('--checkpoint_freq', type=int, default=200, help='also checkpoint every this many '
+                   'steps inside an epoch, 0 for phase ends only (200)')
+    p.add_argument('--save', default=None, help='run directory (default: runs/search-TIME)')
+    p.add_argument('--resume', action='store_true', help='continue the run in --save from its checkpoint')
+    return p
+
+
+def check_args(a):
+    """UserError for the first value out of range."""
+    rules = [
+        (a.batch_size >= 2, f'--batch_size must be at least 2 (BatchNorm), got {a.batch_size}'),
+        (a.learning_rate > 0, f'--learning_rate must be positive, got {a.learning_rate}'),
+        (0 <= a.momentum < 1, f'--momentum must be in [0, 1), got {a.momentum}'),
+        (a.weight_decay >= 0, f'--weight_decay must be >= 0, got {a.weight_decay}'),
+        (a.grad_clip >= 0, f'--grad_clip must be >= 0 (0: no clipping), got {a.grad_clip}'),
+        (a.init_channels >= 2 and a.init_channels % 2 == 0,
+         f'--init_channels must be even and positive (FactorizedReduce halves it), got {a.init_channels}'),
+        (a.layers >= 3, f'--layers must be at least 3 (two of them are reduction cells), got {a.layers}'),
+        (a.cutout_length >= 1, f'--cutout_length must be at least 1, got {a.cutout_length}'),
+        (a.hessian_batches >= 1, f'--hessian_batches must be at least 1, got {a.hessian_batches}'),
+        (a.warmup_epochs >= 0, f'--warmup_epochs must be >= 0, got {a.warmup_epochs}'),
+        (0 <= a.warmup_portion < 1, f'--warmup_portion must be in [0, 1), got {a.warmup_portion}'),
+        (a.iterations >= 1, f'--iterations must be at least 1, got {a.iterations}'),
+        (a.threshold >= 0, f'--threshold must be >= 0, got {a.threshold}'),
+        (a.report_freq >= 1, f'--report_freq must be at least 1, got {a.report_freq}'),
+        (a.checkpoint_freq >= 0, f'--checkpoint_freq must be >= 0, got {a.checkpoint_freq}'),
+    ]
+    for flag in ('lam', 'lambda_origin', 'lambda_child'):
+        value = getattr(a, flag)
+        name = '--lambda' if flag == 'lam' else f'--{flag}'
+        rules.append((value is None or (math.isfinite(value) and value > 0),
+                      f'{name} must be a positive number, got {value}'))
+    for ok, message in rules:
+        if not ok:
+            raise utils.UserError(message)
+
+
+def lambdas(a):
+    """(lambda of edge switches, lambda of op switches)."""
+    return (a.lam if a.lambda_origin is None else a.lambda_origin,
+            a.lam if a.lambda_child is None else a.lambda_child)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data: two disjoint parts of the training set
+# ----------------------------------------------------------------------------------------------------
+
+def split(n, portion, seed):
+    """(warm-up indices, switch-training indices): a seeded shuffle of range(n) cut at portion * n."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    cut = int(round(portion * n))
+    return order[:cut], order[cut:]
+
+
+def make_data(args, device):
+    data = utils.load_cifar10(args.data, device=device, download=args.download)
+    warm, joint = (idx.to(device) for idx in split(len(data['train_x']), args.warmup_portion, args.seed))
+    x, y = data['train_x'], data['train_y']
+    if len(joint) < args.batch_size or (args.warmup_epochs and len(warm) < args.batch_size):
+        raise utils.UserError(f'the training set ({len(x)} images) is too small for --batch_size '
+                              f'{args.batch_size} with --warmup_portion {args.warmup_portion}')
+    cutout = args.cutout_length if args.cutout else 0
+    return {
+        'warmup': utils.Batches(x[warm], y[warm], args.batch_size, drop_last=True, seed=args.seed,
+                                augment=dict(crop_pad=4, flip=True, cutout=cutout)),
+        'search': utils.Batches(x[joint], y[joint], args.batch_size, drop_last=True, seed=args.seed + 1,
+                                augment=dict(crop_pad=4, flip=True)),
+        # The curvature is measured on the model as it is, on plain images of the same part.
+        'curvature': utils.Batches(x[joint], y[joint], args.batch_size, seed=args.seed + 2),
+    }
+
+
+def phases(args):
+    """The run as a list of (kind, epoch): warm-up epochs, then one switch epoch per iteration."""
+    return [('warmup', e) for e in range(args.warmup_epochs)] + [('search', i) for i in range(args.iterations)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The search state: model, prior, optimiser, position in the run
+# ----------------------------------------------------------------------------------------------------
+
+class Search:
+    """Everything a checkpoint holds, and the steps of the run."""
+
+    def __init__(self, args, device, run, steps_in):
+        self.args, self.device, self.run = args, device, run
+        self.steps_in = steps_in            # batches per epoch of each kind of phase
+        self.cuda = device.type == 'cuda'
+        utils.set_seed(args.seed)
+        self.model = Network(args.init_channels, 10, args.layers, tie=not args.untie).to(device)
+        if self.cuda and args.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.prior = self.model.build_prior(*lambdas(args))
+        # One optimiser, two groups: the switches get no weight decay, and have no gradient (so are
+        # not stepped) while frozen during the warm-up.
+        self.weights, self.switches = self.model.weight_parameters(), self.model.switch_parameters()
+        self.optimizer = torch.optim.SGD(
+            [dict(params=self.weights, weight_decay=args.weight_decay),
+             dict(params=self.switches, weight_decay=0.0)],
+            lr=args.learning_rate, momentum=args.momentum)
+        self.phases = phases(args)
+        self.phase, self.step = 0, 0        # position: index into phases, batches done in that phase
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)   # loss sum, hits, images
+        self.history = []                   # one summary per finished iteration
+        self.elapsed = 0.0                  # seconds of earlier sessions of this run
+
+    def state_dict(self):
+        return dict(args=vars(self.args), model=self.model.state_dict(), prior=self.prior.state_dict(),
+                    optimizer=self.optimizer.state_dict(), phase=self.phase, step=self.step,
+                    sums=self.sums.cpu(), history=self.history, elapsed=self.elapsed + self.clock(),
+                    rng=utils.get_rng_state())
+
+    def load_state_dict(self, state, path):
+        try:
+            self.model.load_state_dict(state['model'])
+            self.prior.load_state_dict(state['prior'])
+            self.optimizer.load_state_dict(state['optimizer'])
+            self.phase, self.step = state['phase'], state['step']
+            self.sums = state['sums'].to(self.device)
+            self.history, self.elapsed = state['history'], state['elapsed']
+            utils.set_rng_state(state['rng'])
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise utils.UserError(f'checkpoint {path} does not fit this search: {type(e).__name__}: '
+                                  f'{" ".join(str(e).split())}') from e
+
+    def start_clock(self):
+        self.t0 = time.time()
+
+    def clock(self):
+        return time.time() - self.t0
+
+    def save(self):
+        utils.save_checkpoint(self.state_dict(), self.run.file('checkpoint.pt'))
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def train_step(self, x, y, search):
+        """One SGD step; the switches train (with the prior's penalty) only in a search phase."""
+        if self.cuda and self.args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda and self.args.amp):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        total = loss + self.prior.penalty() if search else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.args.grad_clip > 0:
+            # Weights and switches separately: a burst in one must not stall the other.
+            nn.utils.clip_grad_norm_(self.weights, self.args.grad_clip)
+            if search:
+                nn.utils.clip_grad_norm_(self.switches, self.args.grad_clip)
+        self.optimizer.step()
+        # Left on the device: reading them every step would make the host wait for the GPU.
+        self.sums += torch.stack([loss.detach().double() * len(y),
+                                  (logits.argmax(1) == y).sum().double(), loss.new_tensor(len(y), dtype=torch.float64)])
+
+    def train_phase(self, batches, kind, epoch):
+        """The rest of one epoch, from self.step on; checkpoints every --checkpoint_freq steps."""
+        args, search = self.args, kind == 'search'
+        for sw in self.switches:
+            sw.requires_grad_(search)
+        self.model.train()
+        batches.set_epoch(epoch)
+        n, start, tic = len(batches), self.step, time.time()
+        # The batches of a pass are a fixed function of (seed, epoch): a resumed phase regenerates
+        # the ones it had done and skips them, so it continues with exactly the same data.
+        for i, (x, y) in enumerate(batches):
+            if i < start:
+                continue
+            self.train_step(x, y, search)
+            self.step = i + 1
+            if self.step % args.report_freq == 0 or self.step == n:
+                self.report(kind, epoch, n, start, tic)
+            if args.checkpoint_freq and self.step % args.checkpoint_freq == 0 and self.step < n:
+                self.check_finite(kind)         # never replace a good checkpoint with a diverged one
+                self.save()
+
+    def check_finite(self, kind):
+        utils.check_finite(self.sums[0], f'{kind} training loss at step {self.step}')
+
+    def report(self, kind, epoch, n, start, tic):
+        self.check_finite(kind)
+        loss, hits, images = self.sums.tolist()
+        seconds = time.time() - tic
+        rate = (self.step - start) * self.args.batch_size / max(seconds, 1e-9)
+        left = n - self.step + sum(len_of for len_of in self.steps_after_phase())
+        eta = left * self.args.batch_size / max(rate, 1e-9)
+        name = f'{kind} {epoch + 1}' if kind == 'warmup' else f'search iteration {epoch + 1}'
+        penalty = f'  penalty {self.prior.penalty().item():.4f}' if kind == 'search' else ''
+        self.run.log(f'{name}  step {self.step}/{n}  loss {loss / images:.4f}  acc '
+                     f'{100 * hits / images:.2f}%{penalty}  {rate:.0f} img/s  ETA {utils.format_time(eta)}')
+        self.run.metric(phase=kind, epoch=epoch + 1, step=self.global_step(), train_loss=loss / images,
+                        train_acc=100 * hits / images, images_per_s=rate)
+
+    def steps_after_phase(self):
+        return [self.steps_in[kind] for kind, _ in self.phases[self.phase + 1:]]
+
+    def global_step(self):
+        return sum(self.steps_in[kind] for kind, _ in self.phases[:self.phase]) + self.step
+
+    # -- the Bayesian update -------------------------------------------------------------------------
+
+    def update(self, curvature_batches, iteration):
+        """Curvature, HARD update and pruning after a switch epoch; returns the iteration's summary."""
+        args = self.args
+        tic = time.time()
+        curvature_batches.set_epoch(iteration)
+        curv = switch_curvature(self.model, itertools.islice(curvature_batches, args.hessian_batches),
+                                args.hessian)
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        seconds = time.time() - tic
+        self.prior.update(curv)
+        newly = self.prior.prune(args.threshold)
+        live = live_ops(gamma_rows(self.model, self.prior))
+        summary = dict(iteration=iteration + 1, curvature_s=seconds, pruned=len(newly),
+                       live_groups=int((~self.prior.pruned).sum()), groups=len(self.prior.keys),
+                       live_ops=live)
+        self.run.log(f'search iteration {iteration + 1}: {args.hessian} curvature on '
+                     f'{args.hessian_batches} batches in {utils.format_time(seconds)}; pruned {len(newly)} '
+                     f'switch groups, {summary["live_groups"]}/{summary["groups"]} live; ops left: normal '
+                     f'{live["normal"]}/{live["normal_total"]}, reduce {live["reduce"]}/{live["reduce_total"]}')
+        self.run.metric(phase='update', step=self.global_step(), **summary)
+        return summary
+
+
+def live_ops(rows):
+    """Unpruned op groups per cell type (of a tied search; untied: summed over cells)."""
+    out = {'normal': 0, 'reduce': 0, 'normal_total': 0, 'reduce_total': 0}
+    for row in rows:
+        if row['op'] is not None:
+            out[row['cell_type'] + '_total'] += 1
+            out[row['cell_type']] += not row['pruned']
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def gamma_rows(model, prior):
+    """The prior's table, each row with its position (cell_type, src, dst, op) and member switch values."""
+    where = {d['key']: d for d in model.switch_info()}
+    modules = dict(model.named_modules())
+    rows = prior.table()
+    for row in rows:
+        d = where[row['key']]
+        row.update(cell_type=d['cell_type'], src=d['src'], dst=d['dst'], op=d['op'])
+        row['values'] = [modules[name].value().flatten()[i].item() for name, i in row['members']]
+    return rows
+
+
+def write_gamma(search, iteration):
+    args = search.args
+    lam_origin, lam_child = lambdas(args)
+    rows = gamma_rows(search.model, search.prior)
+    doc = dict(threshold=args.threshold, lambda_origin=lam_origin, lambda_child=lam_child,
+               hessian=args.hessian, iteration=iteration + 1, tied=not args.untie, groups=rows)
+    path = search.run.file('gamma.json')
+    tmp = path.with_suffix('.json.tmp')
+    tmp.write_text(json.dumps(doc, indent=1) + '\n')
+    tmp.replace(path)
+    derive.plot_gamma(rows, search.run.file('gamma.png'), args.threshold)
+    return doc
+
+
+def write_genotype(search, doc):
+    """Derive the cell from gamma.json as derive.py would; returns the genotype."""
+    genotype = derive.derive(doc)
+    literal = derive.write_genotype(genotype, search.run.path,
+                                    f'derived by search.py, threshold {search.args.threshold:g}')
+    derive.plot_genotype(genotype, search.run.path)
+    return genotype, literal
+
+
+def peak_memory_mib(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # peak resident size, KiB
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------
+
+def configure(argv):
+    """(args, checkpoint state or None): a new run's flags, or a resumed run's own with RUN_FLAGS."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.resume:
+        check_args(args)
+        args.save = args.save or f'runs/search-{time.strftime("%Y%m%d-%H%M%S")}'
+        return args, None
+    if args.save is None:
+        raise utils.UserError('--resume needs --save RUN_DIR, the search to continue')
+    path = Path(args.save) / 'checkpoint.pt'
+    state = utils.load_checkpoint(path)
+    if not isinstance(state.get('args'), dict):
+        raise utils.UserError(f'{path} is not a checkpoint of search.py')
+    given = {k: v for k, v in vars(args).items() if v != parser.get_default(k)}
+    for k, v in given.items():
+        if k not in RUN_FLAGS and v != state['args'].get(k):
+            raise utils.UserError(f'--{k} {v} differs from the resumed search\'s {state["args"].get(k)}; '
+                                  f'a resumed search keeps its configuration')
+    stored = argparse.Namespace(**{**state['args'], **{k: getattr(args, k) for k in RUN_FLAGS}})
+    check_args(stored)
+    return stored, state
+
+
+def main(argv=None):
+    args, state = configure(argv)
+    device = utils.get_device(args.gpu)
+    run = utils.RunDir(args.save, args, resume=args.resume)
+    data = make_data(args, device)
+    search = Search(args, device, run, {kind: len(data[kind]) for kind in ('warmup', 'search')})
+    if state is not None:
+        search.load_state_dict(state, run.file('checkpoint.pt'))
+        state = None
+        run.log(f'resumed at step {search.global_step()} ({search.phases[min(search.phase, len(search.phases) - 1)][0]})')
+    else:
+        lam_origin, lam_child = lambdas(args)
+        run.log(f'BayesNAS search: {args.layers} cells, {args.init_channels} channels, '
+                f'{utils.count_params(search.model) / 1e6:.2f}M weights, {len(search.prior.keys)} switch '
+                f'groups; lambda {lam_origin:g} (edges) / {lam_child:g} (ops), threshold '
+                f'{args.threshold:g}, curvature {args.hessian}')
+        run.log(f'device {device}; {len(data["warmup"].x)} warm-up / {len(data["search"].x)} switch '
+                f'images, batch {args.batch_size}; run directory {args.save}')
+    search.start_clock()
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+
+    doc = None
+    while search.phase < len(search.phases):
+        kind, epoch = search.phases[search.phase]
+        search.train_phase(data[kind], kind, epoch)
+        if kind == 'search':
+            search.history.append(search.update(data['curvature'], epoch))
+            doc = write_gamma(search, epoch)
+        search.phase, search.step = search.phase + 1, 0
+        search.sums.zero_()
+        search.save()
+        utils.plot_curves(run.file('metrics.jsonl'), run.file('curves.png'), ['train_loss', 'train_acc'])
+    if doc is None:             # resumed a finished search: its gamma table is on disk
+        doc = derive.load_gamma(args.save)
+
+    total = search.elapsed + search.clock()
+    run.log(f'search finished in {utils.format_time(total)}, peak memory '
+            f'{peak_memory_mib(device):.0f} MiB ({"GPU" if device.type == "cuda" else "process"})')
+    genotype, literal = write_genotype(search, doc)
+    run.log(f'derived genotype (genotype.json, cell_normal.png, cell_reduce.png):\n{literal}')
+    return dict(genotype=genotype, history=search.history, seconds=total, save=args.save)
+
+
+if __name__ == '__main__':
+    utils.cli(main)

@@ -1,0 +1,222 @@
+"""derive.py on hand-made gamma tables: the two rules, the dependency structure, the output files."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import derive
+import genotypes
+from genotypes import CANDIDATES
+from model_search import NetworkCIFAR
+
+ROOT = Path(__file__).resolve().parents[1]
+EDGES = [(i, j) for j in range(2, 6) for i in range(j)]
+
+
+def table(ops, edges=None, cell_types=('normal', 'reduce'), pruned_below=None):
+    """gamma.json rows for a tied supernet: every edge and op of both cells, gamma 0 (pruned) except
+    ops = {(cell_type, src, dst, op): gamma}; an edge's gamma is the largest of its ops unless
+    edges = {(cell_type, src, dst): gamma} says otherwise. pruned_below marks low rows pruned."""
+    edges = edges or {}
+    rows = []
+    for cell_type in cell_types:
+        for src, dst in EDGES:
+            op_gammas = {op: ops.get((cell_type, src, dst, op), 0.0) for op in CANDIDATES}
+            edge_gamma = edges.get((cell_type, src, dst), max(op_gammas.values()))
+            rows.append(dict(key=f'{cell_type}/{src}->{dst}', gamma=edge_gamma,
+                             pruned=edge_gamma == 0 or (pruned_below is not None and edge_gamma < pruned_below)))
+            for op, g in op_gammas.items():
+                rows.append(dict(key=f'{cell_type}/{src}->{dst}/{op}', gamma=g,
+                                 pruned=g == 0 or (pruned_below is not None and g < pruned_below)))
+    return rows
+
+
+def both(cell):
+    """The same ops in the normal and the reduction cell."""
+    return {(t,) + k: g for t in ('normal', 'reduce') for k, g in cell.items()}
+
+
+def builds(genotype):
+    net = NetworkCIFAR(4, 10, 3, False, genotype)
+    return net
+
+
+# ----------------------------------------------------------------------------------------------------
+# The threshold rule
+# ----------------------------------------------------------------------------------------------------
+
+def test_threshold_keeps_every_op_above_it_any_number_per_edge():
+    cell = {(0, 2, 'sep_conv_3x3'): 0.9, (0, 2, 'skip_connect'): 0.5, (0, 2, 'max_pool_3x3'): 0.05,
+            (1, 3, 'avg_pool_3x3'): 0.3, (2, 3, 'dil_conv_5x5'): 0.2, (0, 4, 'sep_conv_5x5'): 0.7,
+            (3, 5, 'skip_connect'): 0.4, (1, 5, 'max_pool_3x3'): 0.09}
+    g = derive.derive_from_table(table(both(cell)), threshold=0.1)
+    want = sorted([('sep_conv_3x3', 0, 2), ('skip_connect', 0, 2), ('avg_pool_3x3', 1, 3),
+                   ('dil_conv_5x5', 2, 3), ('sep_conv_5x5', 0, 4), ('skip_connect', 3, 5)],
+                  key=lambda e: (e[2], e[1], e[0]))
+    assert g.normal == want and g.reduce == want
+    assert g.normal_concat == [2, 3, 4, 5]
+    genotypes.validate(g)
+    builds(g)
+    # A lower threshold takes in the weaker ops too.
+    g = derive.derive_from_table(table(both(cell)), threshold=0.01)
+    assert ('max_pool_3x3', 0, 2) in g.normal and ('max_pool_3x3', 1, 5) in g.normal
+
+
+def test_an_edge_below_the_threshold_takes_its_ops_with_it():
+    cell = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 2, 'skip_connect'): 0.8, (1, 3, 'sep_conv_3x3'): 0.5}
+    edges = {(t, 1, 2): 0.05 for t in ('normal', 'reduce')}        # strong op, weak edge
+    g = derive.derive_from_table(table(both(cell), edges=edges), threshold=0.1)
+    assert g.normal == [('sep_conv_3x3', 0, 2), ('sep_conv_3x3', 1, 3)]
+
+
+def test_a_dead_node_loses_its_outgoing_edges_and_leaves_the_concat():
+    # Node 3 has only a weak input; its strong outgoing edges 3->4 and 3->5 must go with it.
+    cell = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 3, 'skip_connect'): 0.01, (3, 4, 'sep_conv_5x5'): 0.9,
+            (3, 5, 'max_pool_3x3'): 0.9, (2, 5, 'avg_pool_3x3'): 0.4}
+    g = derive.derive_from_table(table(both(cell)), threshold=0.1)
+    assert g.normal == [('sep_conv_3x3', 0, 2), ('avg_pool_3x3', 2, 5)]
+    assert g.normal_concat == [2, 5]
+    net = builds(g)
+    assert net.cells[0].multiplier == 2
+    # Every kept op lies on a path from an input to the output: its source is an input or live.
+    for op, src, dst in g.normal:
+        assert src in (0, 1) or src in g.normal_concat
+        assert dst in g.normal_concat
+
+
+def test_pruned_rows_never_survive_whatever_their_gamma():
+    rows = table(both({(0, 2, 'sep_conv_3x3'): 0.9, (1, 2, 'skip_connect'): 0.8}))
+    for row in rows:
+        if row['key'] == 'normal/1->2/skip_connect':
+            row['pruned'] = True
+    g = derive.derive_from_table(rows, threshold=0.1)
+    assert g.normal == [('sep_conv_3x3', 0, 2)] and len(g.reduce) == 2
+
+
+def test_an_empty_cell_is_an_error_not_a_genotype():
+    rows = table({('normal', 0, 2, 'sep_conv_3x3'): 0.9, ('reduce', 0, 2, 'sep_conv_3x3'): 0.05})
+    with pytest.raises(derive.utils.UserError, match='reduce cell is empty under threshold 0.1'):
+        derive.derive_from_table(rows, threshold=0.1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The top-k rule
+# ----------------------------------------------------------------------------------------------------
+
+def test_topk_2_gives_darts_pairs_with_the_strongest_op_per_edge():
+    cell = {}
+    for j in range(2, 6):
+        for i in range(j):
+            for k, op in enumerate(CANDIDATES):
+                cell[(i, j, op)] = 0.01 * (1 + ((i * 7 + j * 3 + k * 5) % 11))
+    # Make sure node 4's two strongest inputs are 3 (sep_conv_5x5) and 1 (skip_connect).
+    cell[(3, 4, 'sep_conv_5x5')] = 0.99
+    cell[(1, 4, 'skip_connect')] = 0.98
+    g = derive.derive_from_table(table(both(cell)), topk=2)
+    assert genotypes.cell_form(g.normal) == 'pairs' and len(g.normal) == 8
+    assert g.normal[4:6] == [('sep_conv_5x5', 3), ('skip_connect', 1)]        # strongest first
+    assert g.normal_concat == [2, 3, 4, 5]
+    for n, (op, src) in enumerate(g.normal):
+        dst = 2 + n // 2
+        assert op == max(CANDIDATES, key=lambda o: cell[(src, dst, o)])
+    for dst in range(2, 6):
+        strength = {i: max(cell[(i, dst, o)] for o in CANDIDATES) for i in range(dst)}
+        top2 = sorted(strength, key=lambda i: -strength[i])[:2]
+        assert sorted(src for n, (_, src) in enumerate(g.normal) if 2 + n // 2 == dst) == sorted(top2)
+    genotypes.validate(g)
+    builds(g)
+
+
+def test_topk_with_too_few_live_edges_falls_back_to_triples():
+    cell = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 2, 'skip_connect'): 0.8, (2, 3, 'max_pool_3x3'): 0.5}
+    g = derive.derive_from_table(table(both(cell)), topk=2)
+    assert genotypes.cell_form(g.normal) == 'triples'
+    assert g.normal == [('sep_conv_3x3', 0, 2), ('skip_connect', 1, 2), ('max_pool_3x3', 2, 3)]
+    assert g.normal_concat == [2, 3]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tables of untied searches, bad tables
+# ----------------------------------------------------------------------------------------------------
+
+def test_untied_rows_are_averaged_over_cells_and_pruned_only_when_pruned_everywhere():
+    rows = []
+    for cell, gamma in (('cell0', 0.3), ('cell2', 0.0)):
+        for row in table(both({(0, 2, 'sep_conv_3x3'): gamma, (1, 3, 'skip_connect'): 0.5}),
+                         cell_types=('normal',)):
+            rows.append(dict(row, key=row['key'].replace('normal', cell), cell_type='normal'))
+    rows += table(both({(0, 2, 'avg_pool_3x3'): 0.5}), cell_types=('reduce',))
+    tables = derive.cell_tables(rows)
+    assert tables['normal'][(0, 2)]['ops']['sep_conv_3x3'] == dict(gamma=0.15, pruned=False)
+    g = derive.derive_from_table(rows, threshold=0.1)
+    assert g.normal == [('sep_conv_3x3', 0, 2), ('skip_connect', 1, 3)]
+
+
+@pytest.mark.parametrize('rows, message', [
+    ([dict(key='normal/0->2', gamma=float('nan'), pruned=False)], 'gamma is nan'),
+    ([dict(key='normal/0->2/conv_9x9', gamma=0.5, pruned=False)], "unknown operation 'conv_9x9'"),
+    ([dict(key='normal/zero', gamma=0.5, pruned=False)], 'no "from->to" edge'),
+    ([dict(key='normal/0->2', pruned=False)], 'needs "key", "gamma" and "pruned"'),
+    (table({}, cell_types=('normal',)), 'no rows for the reduce cell'),
+])
+def test_malformed_tables_are_rejected(rows, message):
+    with pytest.raises(ValueError, match=message):
+        derive.derive_from_table(rows, threshold=0.1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------------
+
+def write_run(tmp_path, rows, threshold=0.1):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'gamma.json').write_text(json.dumps(dict(threshold=threshold, groups=rows)))
+    return run
+
+
+def test_main_writes_genotype_files_and_pictures(tmp_path, capsys):
+    cell = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 2, 'skip_connect'): 0.5, (2, 3, 'max_pool_3x3'): 0.4,
+            (0, 4, 'dil_conv_3x3'): 0.6, (4, 5, 'avg_pool_3x3'): 0.3, (1, 5, 'sep_conv_5x5'): 0.05}
+    run = write_run(tmp_path, table(both(cell)), threshold=0.1)
+    g = derive.main([str(run)])
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith('Searched = Genotype(')
+    namespace = {'Genotype': genotypes.Genotype}
+    exec(printed, namespace)                                  # the literal pastes into genotypes.py
+    assert namespace['Searched'] == g
+    assert genotypes.load_json(run / 'genotype.json') == g
+    assert (run / 'genotype.py').read_text().splitlines()[1] == printed
+    for name in ('cell_normal.png', 'cell_reduce.png'):
+        assert (run / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert ('sep_conv_5x5', 1, 5) not in g.normal            # 0.05 < the search's threshold 0.1
+    # Another threshold, another output folder; the run's own files stay.
+    g2 = derive.main([str(run), '--threshold', '0.01', '--out', str(tmp_path / 'low')])
+    assert ('sep_conv_5x5', 1, 5) in g2.normal
+    assert genotypes.load_json(run / 'genotype.json') == g
+    g3 = derive.main([str(run), '--topk', '1', '--out', str(tmp_path / 'top1')])
+    assert all(sum(1 for e in genotypes.cell_edges(g3.normal) if e[2] == n) == 1 for n in g3.normal_concat)
+
+
+def test_plot_gamma_draws_a_heat_map(tmp_path):
+    rows = table(both({(0, 2, 'sep_conv_3x3'): 0.9, (1, 3, 'skip_connect'): 0.01}))
+    derive.plot_gamma(rows, tmp_path / 'gamma.png', threshold=0.1)
+    assert (tmp_path / 'gamma.png').stat().st_size > 10_000
+
+
+@pytest.mark.parametrize('setup, message', [
+    (lambda p: None, 'is not a directory'),
+    (lambda p: p.mkdir(), 'gamma.json is missing'),
+    (lambda p: (p.mkdir(), (p / 'gamma.json').write_text('{not json')), 'not JSON'),
+    (lambda p: (p.mkdir(), (p / 'gamma.json').write_text('[1, 2]')), 'no "groups" list'),
+])
+def test_command_line_errors_are_one_line(tmp_path, setup, message):
+    run = tmp_path / 'run'
+    setup(run)
+    result = subprocess.run([sys.executable, str(ROOT / 'derive.py'), str(run)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr

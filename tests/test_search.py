@@ -1,0 +1,209 @@
+"""search.py end to end on real CIFAR-10 images: the run directory, pruning, exact resumption, errors."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import derive
+import genotypes
+import search
+import utils
+from model_search import NetworkCIFAR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A small supernet on 120 training images (24 warm-up, 96 switch-training): a few seconds a run.
+TINY = ['--layers', '3', '--init_channels', '4', '--batch_size', '8', '--warmup_portion', '0.2',
+        '--hessian_batches', '2', '--report_freq', '4', '--seed', '3']
+
+
+def run_search(data, save, *extra):
+    return search.main(['--data', str(data), '--save', str(save)] + TINY + [str(a) for a in extra])
+
+
+def op_rows(doc):
+    return [r for r in doc['groups'] if r['op'] is not None]
+
+
+@pytest.fixture
+def data(small_cifar):
+    return small_cifar(24, 20)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A whole search
+# ----------------------------------------------------------------------------------------------------
+
+def test_search_writes_its_run_directory_and_a_valid_cell(data, tmp_path):
+    save = tmp_path / 'run'
+    result = run_search(data, save, '--threshold', '0')
+    for name in ('log.txt', 'args.json', 'metrics.jsonl', 'checkpoint.pt', 'gamma.json', 'genotype.json',
+                 'genotype.py'):
+        assert (save / name).is_file(), name
+    for name in ('gamma.png', 'curves.png', 'cell_normal.png', 'cell_reduce.png'):
+        assert (save / name).read_bytes()[:4] == b'\x89PNG', name
+    args = json.loads((save / 'args.json').read_text())
+    assert args['lam'] == 0.005 and args['hessian'] == 'recursive' and args['layers'] == 3
+    metrics = [json.loads(line) for line in (save / 'metrics.jsonl').read_text().splitlines()]
+    assert {m['phase'] for m in metrics} == {'warmup', 'search', 'update'}
+    assert all(math.isfinite(m['train_loss']) for m in metrics if 'train_loss' in m)
+
+    doc = json.loads((save / 'gamma.json').read_text())
+    assert len(doc['groups']) == 2 * 14 * 8                     # tied: per cell type, edge and op
+    row = next(r for r in doc['groups'] if r['key'] == 'reduce/1->4/sep_conv_5x5')
+    assert (row['cell_type'], row['src'], row['dst'], row['op']) == ('reduce', 1, 4, 'sep_conv_5x5')
+    assert len(row['values']) == len(row['members']) == 2    # cells 1 and 2 of 3 are reduction cells
+    for r in doc['groups']:
+        assert r['gamma'] >= 0 and r['omega'] > 0 and r['curvature'] >= 0 and r['cov'] >= 0
+        assert math.isclose(r['norm'], math.hypot(*r['values']), rel_tol=1e-6, abs_tol=1e-12)
+    assert any(r['curvature'] > 0 for r in op_rows(doc))
+
+    # Threshold 0 prunes nothing: the derived cell is the whole supernet cell.
+    genotype = genotypes.load_json(save / 'genotype.json')
+    assert genotype == result['genotype']
+    assert len(genotype.normal) == len(genotype.reduce) == 14 * 7
+    log = (save / 'log.txt').read_text()
+    assert 'derived genotype' in log and genotypes.to_literal(genotype) in log
+    state = torch.load(save / 'checkpoint.pt', weights_only=False)
+    assert state['phase'] == 2 and state['step'] == 0           # warm-up and one search phase done
+
+
+def test_pruning_below_the_threshold_takes_ops_out_of_the_search(data, tmp_path):
+    """The same seeded search twice: without pruning, to read its gammas, then with a threshold at
+    their median. The first iteration is identical, so exactly the groups below the median go, their
+    switches are zero and masked, and the derived cell holds only surviving ops."""
+    first = run_search(data, tmp_path / 'a', '--threshold', '0')
+    doc = derive.load_gamma(tmp_path / 'a')
+    gammas = sorted(r['gamma'] for r in op_rows(doc))
+    threshold = gammas[len(gammas) // 2]
+    low = {r['key'] for r in doc['groups'] if r['gamma'] < threshold}
+    assert 0 < len(low) < len(doc['groups'])
+
+    run_search(data, tmp_path / 'b', '--threshold', threshold, '--iterations', '2')
+    doc_b = derive.load_gamma(tmp_path / 'b')
+    pruned = {r['key'] for r in doc_b['groups'] if r['pruned']}
+    assert low <= pruned                                        # iteration 1 pruned them, for good
+    for r in doc_b['groups']:
+        if r['pruned']:
+            assert r['gamma'] == 0 and all(v == 0 for v in r['values']), r['key']
+    state = torch.load(tmp_path / 'b' / 'checkpoint.pt', weights_only=False)
+    masks = {k: v for k, v in state['model'].items() if k.endswith('.mask')}
+    assert sum(int(m.item() == 0) for m in masks.values()) >= len(low)
+
+    genotype = genotypes.load_json(tmp_path / 'b' / 'genotype.json')
+    alive = {(r['cell_type'], r['src'], r['dst'], r['op']) for r in op_rows(doc_b) if not r['pruned']}
+    for cell_type in ('normal', 'reduce'):
+        kept = genotypes.cell_edges(getattr(genotype, cell_type))
+        assert kept and all((cell_type, src, dst, op) in alive for op, src, dst in kept)
+        assert len(kept) < len(genotypes.cell_edges(getattr(first['genotype'], cell_type)))
+    net = NetworkCIFAR(4, 10, 3, False, genotype)
+    assert net(torch.randn(2, 3, 32, 32))[0].shape == (2, 10)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resumption and NaN
+# ----------------------------------------------------------------------------------------------------
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_after(monkeypatch, calls, action):
+    """Make Search.train_step run `action(search)` once it has been called `calls` times."""
+    original = search.Search.train_step
+    count = [0]
+
+    def patched(self, x, y, in_search):
+        count[0] += 1
+        if count[0] == calls:
+            action(self)
+        return original(self, x, y, in_search)
+
+    monkeypatch.setattr(search.Search, 'train_step', patched)
+
+
+def raise_interrupt(s):
+    raise Interrupt
+
+
+def test_resume_after_an_interruption_ends_in_the_same_state(data, tmp_path, monkeypatch):
+    extra = ['--checkpoint_freq', '5', '--threshold', '0.5']
+    run_search(data, tmp_path / 'whole', *extra)
+
+    # 3 warm-up steps, then the 8th switch step: the last checkpoint is the one after switch step 5.
+    stop_after(monkeypatch, 3 + 8, raise_interrupt)
+    with pytest.raises(Interrupt):
+        run_search(data, tmp_path / 'cut', *extra)
+    state = torch.load(tmp_path / 'cut' / 'checkpoint.pt', weights_only=False)
+    assert (state['phase'], state['step']) == (1, 5)
+    monkeypatch.undo()
+    # Without --resume the directory is refused; with it the search continues.
+    with pytest.raises(utils.UserError, match='--resume'):
+        run_search(data, tmp_path / 'cut', *extra)
+    search.main(['--save', str(tmp_path / 'cut'), '--resume', '--data', str(data)])
+
+    whole = torch.load(tmp_path / 'whole' / 'checkpoint.pt', weights_only=False)
+    cut = torch.load(tmp_path / 'cut' / 'checkpoint.pt', weights_only=False)
+    for k, v in whole['model'].items():
+        assert torch.equal(v, cut['model'][k]), k
+    for k, v in whole['prior'].items():
+        assert (torch.equal(v, cut['prior'][k]) if torch.is_tensor(v) else v == cut['prior'][k]), k
+    assert derive.load_gamma(tmp_path / 'whole')['groups'] == derive.load_gamma(tmp_path / 'cut')['groups']
+    assert (tmp_path / 'whole' / 'genotype.json').read_text() == (tmp_path / 'cut' / 'genotype.json').read_text()
+    assert 'resumed at step 8' in (tmp_path / 'cut' / 'log.txt').read_text()
+
+
+def test_a_nan_stops_the_search_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    def poison(s):
+        with torch.no_grad():
+            s.weights[0].fill_(float('nan'))
+    stop_after(monkeypatch, 3 + 6, poison)
+    with pytest.raises(utils.UserError, match='NaN'):
+        run_search(data, tmp_path / 'run', '--checkpoint_freq', '5')
+    state = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=False)
+    assert (state['phase'], state['step']) == (1, 5)
+    assert all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
+    assert not (tmp_path / 'run' / 'gamma.json').exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# User mistakes
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('argv, message', [
+    (['--lambda', '0'], '--lambda must be a positive number, got 0.0'),
+    (['--lambda_child', '-0.01'], '--lambda_child must be a positive number'),
+    (['--lambda_origin', 'nan'], '--lambda_origin must be a positive number'),
+    (['--warmup_portion', '1'], '--warmup_portion must be in [0, 1)'),
+    (['--hessian', 'exact'], "invalid choice: 'exact'"),
+    (['--batch_size', '100000'], 'too small for --batch_size 100000'),
+])
+def test_bad_flags_are_user_errors(data, tmp_path, argv, message):
+    with pytest.raises(utils.UserError, match=message.replace('[', r'\[').replace(')', r'\)')):
+        search.main(['--data', str(data), '--save', str(tmp_path / 'run')] + argv)
+
+
+def test_resume_errors(data, tmp_path):
+    with pytest.raises(utils.UserError, match='--resume needs --save'):
+        search.main(['--resume', '--data', str(data)])
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'checkpoint.pt').write_bytes(b'not a checkpoint at all')
+    with pytest.raises(utils.UserError, match='corrupt or not a checkpoint'):
+        search.main(['--resume', '--save', str(run), '--data', str(data)])
+    torch.save({'model': {}}, run / 'checkpoint.pt')
+    with pytest.raises(utils.UserError, match='not a checkpoint of search.py'):
+        search.main(['--resume', '--save', str(run), '--data', str(data)])
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / 'search.py'), '--data', str(tmp_path / 'nowhere'),
+                             '--save', str(tmp_path / 'run')], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith('error: CIFAR-10 not found')
+    assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
