@@ -52,7 +52,7 @@ on the MNIST subset):
     gamma = |s| / omega = 0 prunes it whatever the threshold. Nearly every pruned unit goes this way;
     --threshold 0.01 also catches the few switches left within ~1e-3 of 0.
   * The switches train with Adam (--switch_lr 0.01) and the proximal step uses Adam's per-switch step
-    size (see SwitchAdam): where a switch stops depends on lambda and omega only, and a switch can
+    size (see hessian.ProxAdam): where a switch stops depends on lambda and omega only, and a switch can
     travel from 1 to 0 within one iteration whether the loss depends on it weakly (an input pixel,
     curvature down to 1e-6) or strongly (a neuron of the last hidden layer, ~1e-2). With one SGD rate for
     all switches the result depended on the rate and the epoch budget rather than on lambda, and
@@ -121,7 +121,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import utils
-from hessian import METHODS, HardPrior, Switch, switch_curvature
+from hessian import METHODS, HardPrior, ProxAdam, Switch, switch_curvature
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -529,62 +529,9 @@ def weight_optimizer(seq, args):
                            weight_decay=args.weight_decay)
 
 
-class SwitchAdam:
-    """Proximal Adam for the switches of a HardPrior: an Adam step on the loss, then the penalty
-    lambda * sum_g omega_g ||s_g|| as the prior's group soft-threshold, with the same per-entry step
-    size t = lr / (sqrt(v_hat) + eps) in both.
-
-    One step size per switch for both parts makes this a diagonally preconditioned proximal gradient
-    method: a switch stops where |dCE/ds| = lambda * omega (or at exactly 0 when the loss pulls with
-    less), whatever its step size, so the step sizes set the speed and not the result. The
-    preconditioning is what makes the penalty work within a few epochs: how strongly the loss depends
-    on a switch (its curvature) spans four orders of magnitude, from an input pixel to a neuron of the
-    last hidden layer, and one SGD rate either leaves the weak switches where they are or makes the
-    strong ones diverge. Switches get no weight decay: the prior is their regulariser.
-
-    prior.proximal_step gets one step size per group (a tensor): lr * lambda * omega broadcasts."""
-
-    def __init__(self, prior, lr, betas=(0.9, 0.999), eps=1e-8):
-        self.prior, self.lr, self.betas, self.eps = prior, lr, betas, eps
-        self.params = [sw.s for _, sw in prior.switches]
-        self.t = 0
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self):
-        b1, b2 = self.betas
-        self.t += 1
-        sizes = []
-        for p, m, v in zip(self.params, self.m, self.v):
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            size = self.lr / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
-            p.sub_(size * m / (1 - b1 ** self.t))
-            sizes.append(size.flatten())
-        prior = self.prior
-        member = torch.cat(sizes).to(prior.gid.device, torch.float64)
-        # A group's step size: the smallest of its members' (here every switch entry is its own group).
-        group = torch.full((len(prior.keys),), math.inf, dtype=torch.float64, device=member.device)
-        prior.proximal_step(group.scatter_reduce_(0, prior.gid, member, 'amin'))
-
-    def state_dict(self):
-        return dict(t=self.t, m=[x.clone() for x in self.m], v=[x.clone() for x in self.v])
-
-    def load_state_dict(self, state):
-        self.t = state['t']
-        for mine, saved in zip(self.m + self.v, state['m'] + state['v']):
-            mine.copy_(saved)
-
-
 def train_epoch(model, batches, optimizer, lr_of, switch_opt=None, log=None, report_freq=0, what=''):
     """One pass over `batches`; lr_of(step) gives the weights' learning rate at each step, switch_opt
-    (a SwitchAdam) trains the switches too. Returns (mean loss, error %)."""
+    (a hessian.ProxAdam) trains the switches too. Returns (mean loss, error %)."""
     model.train()
     loss_m, acc_m = utils.AverageMeter(), utils.AverageMeter()
     for step, (x, y) in enumerate(batches):
@@ -724,13 +671,13 @@ class Compression:
             self.save()
 
     def optimizers(self, net, kind):
-        """(SGD for the weights, SwitchAdam or None), fresh at a phase's start or as checkpointed.
+        """(SGD for the weights, ProxAdam or None), fresh at a phase's start or as checkpointed.
         Switches only train in the penalised phases; elsewhere they are frozen."""
         penalised = kind == 'penalised'
         for p in switch_params(net):
             p.requires_grad_(penalised)
         optimizer = weight_optimizer(net, self.args)
-        switch_opt = SwitchAdam(self.prior, self.args.switch_lr) if penalised else None
+        switch_opt = ProxAdam(self.prior, self.args.switch_lr) if penalised else None
         saved = self.st['optimizer']
         if saved is not None:
             optimizer.load_state_dict(saved['weights'])

@@ -30,6 +30,10 @@ Self-contained (imports only torch): copy it into any PyTorch CNN.
         update(curv), prune(threshold), table(), state_dict(), load_state_dict(). Build it after the
         model has moved to its device.
 
+    ProxAdam(prior, lr)
+        Adam for the switches with the prior's penalty as a proximal step of the same per-switch size:
+        groups the loss does not hold up reach exactly 0 within an epoch (see the class).
+
 The update (per group g with members c, prior variance gamma, temperature lam):
 
     C_c    = 1 / (1/gamma + h_c/lam)                 posterior variance of member c
@@ -44,6 +48,7 @@ loss does not depend on them) gets a huge but finite gamma = ||w||/OMEGA_FLOOR w
 0 when w = 0. Covariances use the form gamma*lam/(lam + gamma*h), finite for gamma = 0 and h = 0.
 Curvatures are clamped at 0 (all three estimators are non-negative up to rounding).
 """
+import math
 from collections import defaultdict, deque
 
 import torch
@@ -543,7 +548,8 @@ class HardPrior:
         w_g <- w_g * max(0, 1 - lr * lam_g * omega_g / ||w_g||) (group soft-thresholding).
 
         It minimises the same objective as adding penalty() to the loss, but lets a group reach
-        exactly 0 (where gamma = ||w|| / omega = 0 prunes it) instead of oscillating around 0."""
+        exactly 0 (where gamma = ||w|| / omega = 0 prunes it) instead of oscillating around 0.
+        lr is a number, or a tensor with one step size per group (as ProxAdam gives)."""
         if not self.switches:
             return
         w = torch.cat([sw.s.flatten() for _, sw in self.switches])
@@ -673,4 +679,70 @@ class HardPrior:
         for k in ('gamma', 'gamma_raw', 'omega', 'pruned', 'cov', 'h', 'lam'):
             setattr(self, k, state[k].clone().to(getattr(self, k).device))
 
-# hessian.py: complete
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training the switches: proximal Adam
+# ----------------------------------------------------------------------------------------------------
+
+class ProxAdam:
+    """Adam on the loss for the switches of a HardPrior, then the prior's penalty as a group
+    soft-threshold (HardPrior.proximal_step) with the same per-entry step size lr / (sqrt(v) + eps).
+
+    One step size per switch for both parts makes this a diagonally preconditioned proximal gradient
+    method: a group stops where ||d loss / d w_g|| = lam * omega_g, or at exactly 0 when the loss pulls
+    it less than that, whatever its step size; the step sizes set the speed, not the result. That is
+    what lets one epoch decide: how strongly the loss depends on a switch spans orders of magnitude
+    (an op deep in a reduction cell, an input pixel, a neuron of the last hidden layer), and one plain
+    SGD rate either leaves the weak switches where they started or makes the strong ones diverge.
+    The switches get no weight decay: the prior is their regulariser. A group's step size is the
+    smallest of its members' (tied switches), and pruned entries stay at 0.
+
+    Usage: loss.backward(); opt.step() after the weights' own optimiser step; zero_grad() as usual.
+    All switch entries are updated by a handful of fused operations, however many switches there are."""
+
+    def __init__(self, prior, lr, betas=(0.9, 0.999), eps=1e-8):
+        self.prior, self.lr, self.betas, self.eps = prior, lr, betas, eps
+        self.params = [sw.s for _, sw in prior.switches]
+        self.masks = [sw.mask for _, sw in prior.switches]
+        self.sizes = [p.numel() for p in self.params]
+        self.t = 0
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        if not self.params:
+            return
+        b1, b2 = self.betas
+        self.t += 1
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        torch._foreach_lerp_(self.m, grads, 1 - b1)                  # m <- b1 m + (1 - b1) g
+        torch._foreach_mul_(self.v, b2)
+        torch._foreach_addcmul_(self.v, grads, grads, value=1 - b2)   # v <- b2 v + (1 - b2) g^2
+        m = torch.cat([x.flatten() for x in self.m]) / (1 - b1 ** self.t)
+        v = torch.cat([x.flatten() for x in self.v]) / (1 - b2 ** self.t)
+        size = self.lr / (v.sqrt() + self.eps)
+        torch._foreach_sub_(self.params, self._views(size * m))
+        torch._foreach_mul_(self.params, self.masks)                  # pruned entries stay at 0
+        prior = self.prior
+        group = torch.full((len(prior.keys),), math.inf, dtype=torch.float64, device=size.device)
+        group.scatter_reduce_(0, prior.gid.to(size.device), size.double(), 'amin')
+        prior.proximal_step(group.to(prior.omega.device))
+
+    def _views(self, flat):
+        return [part.view(p.shape) for part, p in zip(flat.split(self.sizes), self.params)]
+
+    def state_dict(self):
+        return dict(t=self.t, m=[x.clone() for x in self.m], v=[x.clone() for x in self.v])
+
+    def load_state_dict(self, state):
+        if len(state['m']) != len(self.m):
+            raise ValueError('ProxAdam state does not match these switches')
+        self.t = state['t']
+        for mine, saved in zip(self.m + self.v, state['m'] + state['v']):
+            mine.copy_(saved)

@@ -199,27 +199,6 @@ def test_magnitude_prune_drops_the_smallest_groups():
     assert int((rows[2]['switch'].mask != 0).sum()) >= 300
 
 
-def test_switch_adam_zeroes_useless_switches_and_keeps_useful_ones():
-    """Loss = (a - 2)^2 / 2 on switch a; switch b does not matter. With the penalty lam * (|a| + |b|)
-    the minimiser is a = 2 - lam, b = 0, whatever the step sizes."""
-    model = nn.Sequential(Switch((2,)))
-    prior = HardPrior(model, 0.3)
-    opt = compress.SwitchAdam(prior, lr=0.05)
-    sw = model[0]
-    for _ in range(600):
-        opt.zero_grad()
-        loss = 0.5 * (sw.value()[0] - 2) ** 2 + 0.0 * sw.value()[1]
-        loss.backward()
-        opt.step()
-    assert sw.s[1].item() == 0.0
-    assert abs(sw.s[0].item() - 1.7) < 0.02
-    # The state round-trips, so a resumed run continues the same steps.
-    state = opt.state_dict()
-    other = compress.SwitchAdam(prior, lr=0.05)
-    other.load_state_dict(state)
-    assert other.t == opt.t and all(torch.equal(a, b) for a, b in zip(other.v, opt.v))
-
-
 def test_keep_strongest_leaves_each_layer_one_unit():
     model = nn.Sequential(Switch((4,)), Switch((3,)))
     prior = HardPrior(model, 1e-3)
