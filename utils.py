@@ -45,9 +45,13 @@ def cli(main):
 # ---------------------------------------------------------------------------------------------
 
 def get_device(gpu=None):
-    """None: cuda:0 when CUDA is available, else CPU. An int N: cuda:N, checked to exist."""
+    """None: cuda:0 when CUDA is available, else CPU. An int N: cuda:N, checked to exist.
+
+    On CUDA, cuDNN autotuning is switched on: every network here runs fixed input shapes."""
     if gpu is None:
-        return torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')
+        if not torch.cuda.is_available():
+            return torch.device('cpu')
+        gpu = 0
     if not torch.cuda.is_available():
         raise UserError(f'--gpu {gpu} asked for, but CUDA is not available on this machine')
     count = torch.cuda.device_count()
@@ -55,6 +59,7 @@ def get_device(gpu=None):
         raise UserError(f'--gpu {gpu} is out of range: this machine has {count} GPU(s), 0..{count - 1}')
     # Make it the current device too, so autocast, memory statistics and synchronize() refer to it.
     torch.cuda.set_device(gpu)
+    torch.backends.cudnn.benchmark = True
     return torch.device('cuda', gpu)
 
 

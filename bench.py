@@ -1,0 +1,350 @@
+"""Benchmarks: what a BayesNAS search and a retraining cost on this device.
+
+    python bench.py                      # full measurements on the current device (CUDA if present)
+    python bench.py --gpu 0 --compile    # also torch.compile variants
+    python bench.py --quick              # a small CPU smoke run (under a minute), for CI
+
+Every figure is the median of repeated runs after warm-up runs, with CUDA synchronised around each:
+  1. supernet training step exactly as search.py takes it (forward, cross-entropy + HARD penalty,
+     backward, clipping, SGD): images/s and peak memory of the default search network at several
+     batch sizes; fp32, bf16 autocast, channels_last (and torch.compile with --compile);
+  2. each curvature estimator's time per batch as a ratio to one training step on the same batch, and
+     how well 'recursive' and 'fisher' rank the switches against the exact 'ggn' (Spearman);
+  3. the HARD update + pruning, and the derivation of a genotype;
+  4. how the step time falls as 25 %, 50 %, 75 % of the operations are pruned;
+  5. evaluation-network training (DARTS_V2 and BayesNAS at the retraining configuration);
+and projects the wall time of a full CIFAR-10 search and of the 600-epoch retraining.
+Prints a table and writes JSON (--out).
+"""
+import argparse
+import json
+import platform
+import random
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import derive
+import genotypes
+import search
+import utils
+from hessian import METHODS, switch_curvature
+from model_search import NetworkCIFAR
+
+CIFAR_TRAIN = 50000
+
+
+# ----------------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------------
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, warmup, repeats):
+    """Median seconds of fn() over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def reset_peak(device):
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mib(device):
+    """Peak GPU memory allocated since reset_peak; on the CPU the process's peak resident size."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def batch(n, device, classes=10):
+    return torch.randn(n, 3, 32, 32, device=device), torch.randint(0, classes, (n,), device=device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The measured steps
+# ----------------------------------------------------------------------------------------------------
+
+def make_search(cfg, device, batch_size, amp=False, channels_last=False):
+    """search.py's own Search object (model, prior, optimiser, training step) for this configuration."""
+    argv = ['--init_channels', str(cfg['C']), '--layers', str(cfg['layers']), '--batch_size', str(batch_size),
+            '--no-amp' if not amp else '--amp', '--no-channels_last' if not channels_last else '--channels_last']
+    args = search.build_parser().parse_args(argv)
+    torch.manual_seed(0)
+    return search.Search(args, device, run=None, steps_in={})
+
+
+def variants(device, compile_too):
+    """(name, bf16, channels_last, compile) to measure on this device."""
+    if device.type != 'cuda':
+        return [('fp32', False, False, False)] + ([('fp32+compile', False, False, True)] if compile_too else [])
+    out = [('fp32', False, False, False), ('bf16', True, False, False), ('bf16+channels_last', True, True, False)]
+    return out + ([('bf16+channels_last+compile', True, True, True)] if compile_too else [])
+
+
+def search_step_rate(s, device, x, y, cfg):
+    s.model.train()
+    return timed(lambda: s.train_step(x, y, True), device, cfg['warmup'], cfg['repeats'])
+
+
+def bench_search_step(cfg, device, compile_too):
+    rows = []
+    for bs in cfg['batch_sizes']:
+        for name, bf16, cl, comp in variants(device, compile_too):
+            s = make_search(cfg, device, bs, bf16, cl)
+            if comp:
+                s.model.forward = torch.compile(s.model.forward)
+            x, y = batch(bs, device)
+            reset_peak(device)
+            t0 = time.perf_counter()
+            sec = search_step_rate(s, device, x, y, cfg)
+            rows.append(dict(batch_size=bs, variant=name, step_s=sec, images_per_s=bs / sec,
+                             peak_mib=peak_mib(device), wall_s=time.perf_counter() - t0))
+            show_search_step(rows[-1])
+            del s
+    return rows
+
+
+def spearman(a, b):
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def flat(curv):
+    return torch.cat([v.flatten() for v in curv.values()]).double().cpu()
+
+
+def bench_curvature(cfg, device):
+    """Each estimator's cost per batch relative to a training step, its ranking against 'ggn', and
+    the time of the HARD update, pruning and derivation."""
+    bs = cfg['search_batch']
+    s = make_search(cfg, device, bs, amp=device.type == 'cuda', channels_last=device.type == 'cuda')
+    x, y = batch(bs, device)
+    # A few real steps first, so that running statistics and switches are not all at their start.
+    train_s = search_step_rate(s, device, x, y, cfg)
+    result, curv = dict(batch_size=bs, train_step_s=train_s, switches=len(s.switches)), {}
+    for method in METHODS:
+        def run(method=method):
+            curv[method] = switch_curvature(s.model, [(x, y)], method)
+        sec = timed(run, device, 1, cfg['repeats'])
+        result[method] = dict(seconds=sec, ratio_to_train_step=sec / train_s)
+    draws = cfg['fisher_draws']
+    fisher_avg = sum(flat(switch_curvature(s.model, [(x, y)], 'fisher')) for _ in range(draws)) / draws
+    ggn = flat(curv['ggn'])
+    result['spearman_vs_ggn'] = {'recursive': spearman(flat(curv['recursive']), ggn),
+                                 'fisher, 1 draw': spearman(flat(curv['fisher']), ggn),
+                                 f'fisher, mean of {draws}': spearman(fisher_avg, ggn)}
+
+    def update():
+        prior = s.model.build_prior(0.005, 0.005)
+        prior.update(curv['recursive'])
+        prior.prune(0.0)
+    result['update_prune_s'] = timed(update, device, 1, cfg['repeats'])
+    s.prior.update(curv['recursive'])
+    rows = search.gamma_rows(s.model, s.prior)
+    threshold = sorted(r['gamma'] for r in rows)[len(rows) // 2]
+    result['derive_s'] = timed(lambda: derive.derive_from_table(rows, threshold=threshold), device, 1,
+                               cfg['repeats'])
+    return result
+
+
+def bench_pruned(cfg, device):
+    """Step time as a growing share of the supernet's operations is pruned (random op switches)."""
+    bs = cfg['search_batch']
+    x, y = batch(bs, device)
+    cuda = device.type == 'cuda'
+    rows = []
+    for share in (0.0, 0.25, 0.5, 0.75):
+        s = make_search(cfg, device, bs, amp=cuda, channels_last=cuda)
+        ops = [d['key'] for d in s.model.switch_info() if d['op'] is not None]
+        keys = sorted(set(ops))
+        dead = set(random.Random(0).sample(keys, int(share * len(keys))))
+        modules = dict(s.model.named_modules())
+        for d in s.model.switch_info():
+            if d['key'] in dead:
+                sw = modules[d['name']]
+                sw.prune_(torch.ones_like(sw.mask, dtype=torch.bool))
+        sec = search_step_rate(s, device, x, y, cfg)
+        rows.append(dict(pruned_share=share, step_s=sec, images_per_s=bs / sec))
+        show_pruned(rows[-1])
+    return rows
+
+
+def bench_eval_networks(cfg, device, compile_too):
+    rows = []
+    for arch in ('DARTS_V2', 'BayesNAS'):
+        for name, bf16, cl, comp in variants(device, compile_too):
+            torch.manual_seed(0)
+            net = NetworkCIFAR(cfg['eval_C'], 10, cfg['eval_layers'], True, genotypes.from_name(arch),
+                               drop_path_prob=0.2).to(device)
+            if cl:
+                net = net.to(memory_format=torch.channels_last)
+            model = torch.compile(net) if comp else net
+            net.train()
+            opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+            x, y = batch(cfg['eval_batch'], device)
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+
+            def step():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits, aux = model(x)
+                loss = F.cross_entropy(logits.float(), y) + 0.4 * F.cross_entropy(aux.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                opt.step()
+            reset_peak(device)
+            sec = timed(step, device, cfg['warmup'], cfg['repeats'])
+            rows.append(dict(arch=arch, variant=name, params_M=utils.count_params(net) / 1e6,
+                             batch_size=cfg['eval_batch'], images_per_s=cfg['eval_batch'] / sec,
+                             peak_mib=peak_mib(device)))
+            show_eval(rows[-1])
+            del net, model, opt
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Projection and report
+# ----------------------------------------------------------------------------------------------------
+
+def project(report, cfg):
+    """Wall time of a full CIFAR-10 search (default protocol: warm-up epoch on 10 %, switch epoch on
+    the other 90 %, curvature on 20 batches) and of DARTS's 600-epoch retraining."""
+    out = {}
+    rows = [r for r in report['search_step'] if r['batch_size'] == cfg['search_batch']]
+    if rows:
+        best = max(rows, key=lambda r: r['images_per_s'])
+        c = report['curvature']
+        train = 1.1 * CIFAR_TRAIN / best['images_per_s']      # the warm-up epoch covers 10 %
+        curvature = 20 * c['recursive']['seconds']
+        out['search_minutes'] = (train + curvature) / 60
+        out['search_variant'] = f"{best['variant']}, batch {best['batch_size']}"
+    for arch in ('DARTS_V2', 'BayesNAS'):
+        rates = [r for r in report['eval_train'] if r['arch'] == arch]
+        if rates:
+            best = max(rates, key=lambda r: r['images_per_s'])
+            out[f'retrain_600_epochs_hours_{arch}'] = 600 * CIFAR_TRAIN / best['images_per_s'] / 3600
+            out[f'retrain_variant_{arch}'] = best['variant']
+    return out
+
+
+# Each row is printed as soon as it is measured, so a run cut short still shows what it measured.
+
+def say(line=''):
+    print(line, flush=True)
+
+
+def show_search_step(r):
+    say(f"  batch {r['batch_size']:>4}  {r['variant']:<28} {r['images_per_s']:>9.1f} img/s {r['step_s'] * 1e3:>9.1f} "
+        f"ms/step  peak {r['peak_mib']:>7.0f} MiB")
+
+
+def show_curvature(c):
+    say(f"  {c['switches']} switches, batch {c['batch_size']}; training step {c['train_step_s'] * 1e3:.1f} ms")
+    for m in METHODS:
+        say(f"  {m:<10} {c[m]['seconds'] * 1e3:9.1f} ms  {c[m]['ratio_to_train_step']:6.2f} x a training step")
+    say('  Spearman rank correlation with ggn: ' + ', '.join(f'{k} {v:.3f}' for k, v in c['spearman_vs_ggn'].items()))
+    say(f"  HARD update + pruning {c['update_prune_s'] * 1e3:.1f} ms; derivation {c['derive_s'] * 1e3:.1f} ms")
+
+
+def show_pruned(r):
+    say(f"  {r['pruned_share'] * 100:3.0f} % of ops pruned  {r['step_s'] * 1e3:8.1f} ms  {r['images_per_s']:8.1f} img/s")
+
+
+def show_eval(r):
+    say(f"  {r['arch']:<9} {r['variant']:<28} {r['params_M']:.3f}M params  {r['images_per_s']:8.1f} img/s  "
+        f"peak {r['peak_mib']:.0f} MiB")
+
+
+def show_projection(p):
+    if 'search_minutes' in p:
+        say(f"projected full CIFAR-10 search: {p['search_minutes']:.1f} min ({p['search_variant']})")
+    for arch in ('DARTS_V2', 'BayesNAS'):
+        if f'retrain_600_epochs_hours_{arch}' in p:
+            say(f"projected 600-epoch retraining of {arch}: {p[f'retrain_600_epochs_hours_{arch}']:.1f} h "
+                f"({p[f'retrain_variant_{arch}']})")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------
+
+FULL = dict(C=16, layers=8, batch_sizes=[64, 128, 256], search_batch=64, warmup=3, repeats=7,
+            fisher_draws=16, eval_C=36, eval_layers=20, eval_batch=96)
+QUICK = dict(C=4, layers=3, batch_sizes=[8], search_batch=8, warmup=1, repeats=2, fisher_draws=4,
+             eval_C=4, eval_layers=3, eval_batch=8)
+SECTIONS = ('search_step', 'curvature', 'pruned', 'eval_train')
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Benchmarks of the search and retraining steps.')
+    parser.add_argument('--quick', action='store_true', help='small CPU smoke run (under a minute)')
+    parser.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: cuda:0 if present)')
+    parser.add_argument('--compile', action='store_true', help='also measure torch.compile variants')
+    parser.add_argument('--only', nargs='+', choices=SECTIONS, default=list(SECTIONS),
+                        help='measure only these sections')
+    parser.add_argument('--batch_sizes', type=int, nargs='+', default=None,
+                        help='supernet batch sizes of section 1 (default: 64 128 256; --quick: 8)')
+    parser.add_argument('--out', default='bench.json', help='JSON report path (default: bench.json)')
+    args = parser.parse_args(argv)
+    device = torch.device('cpu') if args.quick else utils.get_device(args.gpu)
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.batch_sizes:
+        cfg['batch_sizes'] = args.batch_sizes
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+    report = dict(device=name, torch=torch.__version__, quick=args.quick, config=cfg,
+                  search_step=[], curvature=None, pruned=[], eval_train=[], projection={})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    say(f"device: {name}, torch {torch.__version__}")
+    t0 = time.perf_counter()
+    sections = [('search_step', 'supernet training step, as search.py takes it',
+                 lambda: bench_search_step(cfg, device, args.compile)),
+                ('curvature', 'curvature per batch, against a training step on the same batch',
+                 lambda: bench_curvature(cfg, device)),
+                ('pruned', 'supernet step with pruned operations', lambda: bench_pruned(cfg, device)),
+                ('eval_train', 'evaluation network training step (retraining configuration)',
+                 lambda: bench_eval_networks(cfg, device, args.compile))]
+    for key, title, measure in sections:
+        if key not in args.only:
+            continue
+        say(f'\n{title}')
+        report[key] = measure()
+        if key == 'curvature':
+            show_curvature(report[key])
+        report['seconds'] = time.perf_counter() - t0
+        out.write_text(json.dumps(report, indent=2) + '\n')      # what is measured is kept
+    if report['curvature'] and not args.quick:       # a projection from the quick toy sizes means nothing
+        report['projection'] = project(report, cfg)
+        say()
+        show_projection(report['projection'])
+    out.write_text(json.dumps(report, indent=2) + '\n')
+    say(f'\nwrote {args.out} ({report["seconds"]:.0f} s)')
+    return report
+
+
+if __name__ == '__main__':
+    utils.cli(main)

@@ -1,0 +1,28 @@
+"""bench.py --quick: the CI smoke run of the benchmark (no timing is asserted, only that every
+section measures something real and the JSON report is complete)."""
+import json
+import math
+
+import bench
+
+
+def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    report = bench.main(['--quick', '--out', str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report['quick'] and report['device'].startswith('CPU')
+    (step,) = report['search_step']
+    assert step['batch_size'] == 8 and step['images_per_s'] > 0 and step['peak_mib'] > 0
+    c = report['curvature']
+    for method in ('ggn', 'fisher', 'recursive'):
+        assert c[method]['seconds'] > 0 and c[method]['ratio_to_train_step'] > 0
+    for name, rho in c['spearman_vs_ggn'].items():
+        assert -1 <= rho <= 1, name
+    # The Fisher average of several draws ranks switches like the exact GGN diagonal.
+    assert c['spearman_vs_ggn']['fisher, mean of 4'] > 0.9
+    assert [r['pruned_share'] for r in report['pruned']] == [0.0, 0.25, 0.5, 0.75]
+    assert {r['arch'] for r in report['eval_train']} == {'DARTS_V2', 'BayesNAS'}
+    assert all(math.isfinite(r['images_per_s']) for r in report['eval_train'])
+    assert report['projection'] == {}
+    printed = capsys.readouterr().out
+    assert 'Spearman rank correlation with ggn' in printed and f'wrote {out}' in printed
