@@ -11,8 +11,9 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
     report = bench.main(['--quick', '--out', str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert report['quick'] and report['device'].startswith('CPU')
-    (step,) = report['search_step']
-    assert step['batch_size'] == 8 and step['images_per_s'] > 0 and step['peak_mib'] > 0
+    assert [r['variant'] for r in report['search_step']] == ['fp32']
+    for step in report['search_step']:
+        assert step['batch_size'] == 8 and step['images_per_s'] > 0 and step['peak_mib'] > 0
     c = report['curvature']
     for method in ('ggn', 'fisher', 'recursive'):
         assert c[method]['seconds'] > 0 and c[method]['ratio_to_train_step'] > 0

@@ -229,6 +229,7 @@ def train_as(world, argv):
         net.train()
         batches.set_epoch(epoch)
         for x, y in batches:
+            x, y = train.to_device(x, y, cpu, args)
             optimizer.zero_grad()
             for rank, (xs, ys) in enumerate(zip(x.chunk(world), y.chunk(world))):
                 logits, logits_aux = net(xs)
