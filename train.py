@@ -36,9 +36,8 @@ the test set is split between processes and the sums of losses and hits are all-
 sharded evaluation equals a single-process one. On ImageNet a DistributedSampler shards the training
 set. Only rank 0 writes the run directory; resuming, rank 0 reads the checkpoint and broadcasts it, so
 the machines need no shared file system. A resumed run is exact when it has the same number of
-processes (each one's random state, used by drop-path, is saved); on ImageNet it also needs
---workers 0, as DataLoader worker processes draw crops and flips from random streams of their own,
-which no checkpoint holds.
+processes (each one's random state, used by drop-path, is saved); on ImageNet the order of the
+images and the DataLoader workers' random streams are a function of (seed, epoch).
 
 Run directory (--save): args.json, log.txt, metrics.jsonl (one line per epoch), checkpoint.pt (written
 atomically after every epoch: model, optimiser, schedule, every process's random state), curves.png,
@@ -361,14 +360,13 @@ class Shard:
 
 
 class Epochs:
-    """A DataLoader whose DistributedSampler, if any, reshuffles with every epoch."""
+    """An ImageNet training DataLoader whose passes are a function of (seed, epoch)."""
 
-    def __init__(self, loader, sampler=None):
-        self.loader, self.sampler = loader, sampler
+    def __init__(self, loader, sampler, seed):
+        self.loader, self.sampler, self.seed = loader, sampler, seed
 
     def set_epoch(self, epoch):
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
+        utils.set_loader_epoch(self.loader, self.sampler, self.seed, epoch)
 
     def __len__(self):
         return len(self.loader)
@@ -399,7 +397,7 @@ def imagenet_data(args, device, ddp):
     per_process = args.batch_size // ddp.world
     pin = device.type == 'cuda'
     train, val, sampler = utils.imagenet_loaders(args.data, per_process, args.workers,
-                                                 distributed=ddp.enabled, pin_memory=pin)
+                                                 distributed=ddp.enabled, pin_memory=pin, seed=args.seed)
     # ImageFolder numbers the classes of each folder by their sorted names: a class missing from
     # one of them would shift every label after it, and the accuracy would be silently wrong.
     if train.dataset.classes != val.dataset.classes:
@@ -411,7 +409,7 @@ def imagenet_data(args, device, ddp):
         subset = torch.utils.data.Subset(val.dataset, range(ddp.rank, len(val.dataset), ddp.world))
         val = torch.utils.data.DataLoader(subset, batch_size=per_process, shuffle=False,
                                           num_workers=args.workers, pin_memory=pin)
-    return Epochs(train, sampler), val, len(train.dataset.classes)
+    return Epochs(train, sampler, args.seed), val, len(train.dataset.classes)
 
 
 def load_data(args, device, ddp):

@@ -190,7 +190,7 @@ def load_mnist(root, device='cpu'):
         except RuntimeError as e:
             raise UserError(f'MNIST not found under {root}: expected {root}/MNIST/raw/ with '
                             f'train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte '
-                            f'and t10k-labels-idx1-ubyte ({e})') from e
+                            f'and t10k-labels-idx1-ubyte') from e
         except Exception as e:  # damaged IDX files fail in the parser with varied exceptions
             raise UserError(f'MNIST files under {root}/MNIST/raw are corrupt: '
                             f'{type(e).__name__}: {e}') from e
@@ -200,12 +200,14 @@ def load_mnist(root, device='cpu'):
 
 
 def imagenet_loaders(root, batch_size, workers, distributed=False, crop=224, resize=256,
-                     pin_memory=True):
+                     pin_memory=True, seed=0):
     """ImageFolder loaders for root/train and root/val with the usual ImageNet transforms.
 
     Returns (train_loader, val_loader, train_sampler); train_sampler is a DistributedSampler when
-    `distributed` (call its set_epoch every epoch), else None. Validation is not sharded, so every
-    process sees the whole validation set and accuracies need no gathering.
+    `distributed`, else None. Call set_loader_epoch(train_loader, train_sampler, seed, epoch) before
+    every epoch: the order and the workers' random streams are then a function of (seed, epoch), so
+    a resumed run sees the same images and augmentation. Validation is not sharded, so every process
+    sees the whole validation set and accuracies need no gathering.
     """
     import torchvision.datasets as datasets
     import torchvision.transforms as T
@@ -226,14 +228,23 @@ def imagenet_loaders(root, batch_size, workers, distributed=False, crop=224, res
         raise UserError(f'cannot read ImageNet under {root}: {e}') from e
     train_sampler = None
     if distributed:
-        train_sampler = torch.utils.data.distributed.DistributedSampler(train_set, shuffle=True)
+        train_sampler = torch.utils.data.distributed.DistributedSampler(train_set, shuffle=True, seed=seed)
+    # Workers are started anew each epoch (not persistent), so that their random streams, drawn
+    # from the loader's generator, restart from the epoch's seed.
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=batch_size, shuffle=train_sampler is None, sampler=train_sampler,
         num_workers=workers, pin_memory=pin_memory, drop_last=True,
-        persistent_workers=workers > 0)
+        generator=torch.Generator().manual_seed(seed))
     val_loader = torch.utils.data.DataLoader(
         val_set, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
     return train_loader, val_loader, train_sampler
+
+
+def set_loader_epoch(loader, sampler, seed, epoch):
+    """Make the next pass of an imagenet_loaders training loader a function of (seed, epoch)."""
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    loader.generator.manual_seed((seed * 0x9E3779B97F4A7C15 + epoch) % 2**63)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,37 @@ def test_imagenet_loaders_read_folders(tmp_path):
         utils.imagenet_loaders(tmp_path / 'train', batch_size=2, workers=0)
 
 
+def test_imagenet_epochs_are_a_function_of_seed_and_epoch(tmp_path):
+    """With worker processes too: a loader that jumps to epoch 1 (a resumed run) gives exactly the
+    images, order and random crops of one that went through epoch 0 first."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for cls in ('a', 'b', 'c'):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / split / cls / f'{i}.png')
+
+    def epoch(loader, sampler, seed, e):
+        utils.set_loader_epoch(loader, sampler, seed, e)
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    def loaders(seed):
+        train, _, sampler = utils.imagenet_loaders(tmp_path, batch_size=4, workers=2, crop=16, resize=20,
+                                                   pin_memory=False, seed=seed)
+        return train, sampler
+
+    a, b, other = loaders(5), loaders(5), loaders(6)
+    first = epoch(*a, 5, 0)
+    second = epoch(*a, 5, 1)
+    resumed = epoch(*b, 5, 1)
+    assert len(second) == len(resumed) == 3
+    assert all(torch.equal(x, x2) and torch.equal(y, y2) for (x, y), (x2, y2) in zip(second, resumed))
+    assert not all(torch.equal(x, x2) for (x, _), (x2, _) in zip(first, second))
+    assert not all(torch.equal(x, x2) for (x, _), (x2, _) in zip(second, epoch(*other, 6, 1)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Normalisation and augmentation
 # ---------------------------------------------------------------------------------------------
