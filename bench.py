@@ -155,6 +155,11 @@ def bench_curvature(cfg, device):
     result['spearman_vs_ggn'] = {'recursive': spearman(flat(curv['recursive']), ggn),
                                  'fisher, 1 draw': spearman(flat(curv['fisher']), ggn),
                                  f'fisher, mean of {draws}': spearman(fisher_avg, ggn)}
+    # Scale matters too: lambda is compared with the curvature in the update.
+    measured = ggn > 0
+    result['median_ratio_to_ggn'] = {
+        'recursive': float((flat(curv['recursive'])[measured] / ggn[measured]).median()),
+        f'fisher, mean of {draws}': float((fisher_avg[measured] / ggn[measured]).median())}
 
     def update():
         prior = s.model.build_prior(0.005, 0.005)
@@ -265,6 +270,7 @@ def show_curvature(c):
     for m in METHODS:
         say(f"  {m:<10} {c[m]['seconds'] * 1e3:9.1f} ms  {c[m]['ratio_to_train_step']:6.2f} x a training step")
     say('  Spearman rank correlation with ggn: ' + ', '.join(f'{k} {v:.3f}' for k, v in c['spearman_vs_ggn'].items()))
+    say('  median ratio to ggn: ' + ', '.join(f'{k} {v:.3g}' for k, v in c['median_ratio_to_ggn'].items()))
     say(f"  HARD update + pruning {c['update_prune_s'] * 1e3:.1f} ms; derivation {c['derive_s'] * 1e3:.1f} ms")
 
 

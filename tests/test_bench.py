@@ -19,8 +19,10 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
         assert c[method]['seconds'] > 0 and c[method]['ratio_to_train_step'] > 0
     for name, rho in c['spearman_vs_ggn'].items():
         assert -1 <= rho <= 1, name
-    # The Fisher average of several draws ranks switches like the exact GGN diagonal.
+    # The Fisher average of several draws ranks switches like the exact GGN diagonal, on its scale.
     assert c['spearman_vs_ggn']['fisher, mean of 4'] > 0.9
+    assert 0.5 < c['median_ratio_to_ggn']['fisher, mean of 4'] < 2
+    assert c['median_ratio_to_ggn']['recursive'] > 0
     assert [r['pruned_share'] for r in report['pruned']] == [0.0, 0.25, 0.5, 0.75]
     assert {r['arch'] for r in report['eval_train']} == {'DARTS_V2', 'BayesNAS'}
     assert all(math.isfinite(r['images_per_s']) for r in report['eval_train'])
