@@ -70,18 +70,18 @@ on the MNIST subset):
     learn 400 times slower than its neighbours.
 Measured on the MNIST subset (test error on the full 10,000-image test set; CPU, PyTorch 2.14):
     model     lambda  units (BayesNAS = magnitude)     params   MACs   error %: dense / BayesNAS / magnitude
-    lenet300  1e-3    784-300-100 -> 336-177-58          3.8x   3.8x   6.10 / 6.12 / 6.11    (default run)
+    lenet300  1e-3    784-300-100 -> 336-172-58          3.9x   3.9x   6.09 / 6.11 / 6.22    (default run)
     lenet300  2e-3    784-300-100 -> 267-133-51          6.2x   6.2x   6.10 / 6.64 / 6.42    (*)
     lenet300  3e-3    784-300-100 -> 224-113-46          8.6x   8.6x   6.10 / 6.76 / 6.69    (*)
     lenet300  1e-2    784-300-100 -> 86-30-28           70.8x  71.9x   6.10 / 10.58 / 10.96  (*)
-    lenet5    1e-3    20-50-800-500 -> 19-18-184-90     16.2x   2.7x   2.75 / 2.78 / 3.15    (default run)
+    lenet5    1e-3    20-50-800-500 -> 19-18-181-85     17.0x   2.7x   2.55 / 2.86 / 3.16    (default run)
     lenet5    2e-3    20-50-800-500 -> 18-18-140-58     24.8x   2.9x   2.55 / 3.08 / 3.24    (*)
     lenet5    3e-3    20-50-800-500 -> 17-17-94-45      34.7x   3.2x   2.55 / 3.14 / 3.66    (*)
-    (*) --pretrained with a dense model of an earlier run, one CPU thread. The default runs take about
-    half a minute (lenet300) and a few minutes (lenet5) on two CPU cores. Given BayesNAS's units per
-    layer, pruning by weight norm and fine-tuning as long does as well on LeNet-300-100; on LeNet-5 it
-    is 0.2 to 0.5 points worse. vgg16 on the CIFAR-10 subset (5170 images; --epochs 30
-    --finetune_epochs 10, one GPU, about a minute): lambda 1e-3 gives 7.4x fewer parameters and 2.0x
+    (*) --pretrained with a dense model of an earlier run, one CPU thread. The default runs take
+    12 s (lenet300) and 2 min (lenet5) on one CPU thread. Given BayesNAS's units per layer, pruning by
+    weight norm and fine-tuning as long is 0.1 point better to 0.2 point worse on LeNet-300-100 and
+    0.1 to 0.5 points worse on LeNet-5 (run-to-run noise is about 0.4 point). vgg16 on the CIFAR-10
+    subset (5170 images; --epochs 30 --finetune_epochs 10, one GPU, about a minute): lambda 1e-3 gives 7.4x fewer parameters and 2.0x
     fewer MACs (BayesNAS and magnitude both 28.0% error), 3e-3 51x and 4.4x (32.3% and 37.8%); the
     dense network there, trained for fewer epochs than the pruned ones, is no fair reference.
 Other defaults: --epochs 10 dense epochs, --iterations 3 of --epochs_per_iteration 2,
