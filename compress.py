@@ -79,8 +79,8 @@ Measured on the MNIST subset (test error on the full 10,000-image test set; CPU,
     lenet5    3e-3    20-50-800-500 -> 17-17-94-45      34.7x   3.2x   2.55 / 3.14 / 3.66    (*)
     (*) --pretrained with a dense model of an earlier run, one CPU thread. The default runs take
     12 s (lenet300) and 2 min (lenet5) on one CPU thread. Given BayesNAS's units per layer, pruning by
-    weight norm and fine-tuning as long is 0.1 point better to 0.2 point worse on LeNet-300-100 and
-    0.1 to 0.5 points worse on LeNet-5 (run-to-run noise is about 0.4 point). vgg16 on the CIFAR-10
+    weight norm and fine-tuning as long ends between 0.2 point better and 0.1 point worse on
+    LeNet-300-100, and 0.2 to 0.5 points worse on LeNet-5 (run-to-run noise is about 0.4 point). vgg16 on the CIFAR-10
     subset (5170 images; --epochs 30 --finetune_epochs 10, one GPU, about a minute): lambda 1e-3 gives 7.4x fewer parameters and 2.0x
     fewer MACs (BayesNAS and magnitude both 28.0% error), 3e-3 51x and 4.4x (32.3% and 37.8%); the
     dense network there, trained for fewer epochs than the pruned ones, is no fair reference.
