@@ -278,7 +278,8 @@ class Search:
             self.switch_optimizer.step()        # the penalty is its proximal part
         # Left on the device: reading them every step would make the host wait for the GPU.
         self.sums += torch.stack([loss.detach().double() * len(y),
-                                  (logits.argmax(1) == y).sum().double(), loss.new_tensor(len(y), dtype=torch.float64)])
+                                  (logits.argmax(1) == y).sum().double(),
+                                  loss.new_full((), len(y), dtype=torch.float64)])   # filled on the device
 
     def train_phase(self, batches, kind, epoch):
         """The rest of one epoch, from self.step on; checkpoints every --checkpoint_freq steps."""
