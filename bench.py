@@ -235,14 +235,14 @@ def bench_eval_networks(cfg, device, compile_too):
 
 def project(report, cfg):
     """Wall time of a full CIFAR-10 search (default protocol: warm-up epoch on 10 %, switch epoch on
-    the other 90 %, curvature on 20 batches) and of DARTS's 600-epoch retraining."""
+    the other 90 %, Fisher curvature on 20 batches) and of DARTS's 600-epoch retraining."""
     out = {}
     rows = [r for r in report['search_step'] if r['batch_size'] == cfg['search_batch']]
     if rows:
         best = max(rows, key=lambda r: r['images_per_s'])
         c = report['curvature']
         train = 1.1 * CIFAR_TRAIN / best['images_per_s']      # the warm-up epoch covers 10 %
-        curvature = 20 * c['recursive']['seconds']
+        curvature = 20 * c['fisher']['seconds']             # search.py's default estimator
         out['search_minutes'] = (train + curvature) / 60
         out['search_variant'] = f"{best['variant']}, batch {best['batch_size']}"
     for arch in ('DARTS_V2', 'BayesNAS'):
