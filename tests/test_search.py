@@ -47,7 +47,7 @@ def test_search_writes_its_run_directory_and_a_valid_cell(data, tmp_path):
     for name in ('gamma.png', 'curves.png', 'cell_normal.png', 'cell_reduce.png'):
         assert (save / name).read_bytes()[:4] == b'\x89PNG', name
     args = json.loads((save / 'args.json').read_text())
-    assert args['lam'] == 0.005 and args['hessian'] == 'recursive' and args['layers'] == 3
+    assert args['lam'] == 0.005 and args['hessian'] == 'fisher' and args['layers'] == 3
     metrics = [json.loads(line) for line in (save / 'metrics.jsonl').read_text().splitlines()]
     assert {m['phase'] for m in metrics} == {'warmup', 'search', 'update'}
     assert all(math.isfinite(m['train_loss']) for m in metrics if 'train_loss' in m)
@@ -62,10 +62,15 @@ def test_search_writes_its_run_directory_and_a_valid_cell(data, tmp_path):
         assert math.isclose(r['norm'], math.hypot(*r['values']), rel_tol=1e-6, abs_tol=1e-12)
     assert any(r['curvature'] > 0 for r in op_rows(doc))
 
-    # Threshold 0 prunes nothing: the derived cell is the whole supernet cell.
+    # Threshold 0 prunes no group; only the ops whose switches the penalty drove to exactly 0
+    # (gamma 0) are left out of the derived cell.
+    assert not any(r['pruned'] for r in doc['groups'])
     genotype = genotypes.load_json(save / 'genotype.json')
     assert genotype == result['genotype']
-    assert len(genotype.normal) == len(genotype.reduce) == 14 * 7
+    alive = {(r['cell_type'], r['src'], r['dst'], r['op']) for r in op_rows(doc) if r['gamma'] > 0}
+    kept = {(t, src, dst, op) for t in ('normal', 'reduce')
+            for op, src, dst in genotypes.cell_edges(getattr(genotype, t))}
+    assert kept <= alive and len(kept) >= 0.8 * 2 * 14 * 7
     log = (save / 'log.txt').read_text()
     assert 'derived genotype' in log and genotypes.to_literal(genotype) in log
     state = torch.load(save / 'checkpoint.pt', weights_only=False)
