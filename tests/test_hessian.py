@@ -519,11 +519,11 @@ def test_hard_prior_groups_tied_switches_and_penalty():
             total += lam_of(key) * float(prior.omega[g]) * float(w.norm())
         return total
 
-    assert math.isclose(float(prior.penalty()), manual_penalty(), rel_tol=1e-9)
+    assert math.isclose(prior.penalty().item(), manual_penalty(), rel_tol=1e-9)
     prior.update(curv)
     assert float((prior.omega - 1).abs().max()) > 1e-3                  # omega no longer trivial
     pen = prior.penalty()
-    assert math.isclose(float(pen), manual_penalty(), rel_tol=1e-9)
+    assert math.isclose(pen.item(), manual_penalty(), rel_tol=1e-9)
     # It is differentiable w.r.t. the switches: d/dw_c = lam omega w_c / ||w_g||; the free switch is out.
     pen.backward()
     g = prior.index['edge:1-3']
