@@ -528,8 +528,8 @@ def test_hard_prior_groups_tied_switches_and_penalty():
     pen.backward()
     g = prior.index['edge:1-3']
     a, b = model.cells[0].edges['e1_3'].s, model.cells[1].edges['e1_3'].s
-    norm = math.hypot(float(a), float(b))
-    assert math.isclose(float(a.grad), lam_of('edge:1-3') * float(prior.omega[g]) * float(a) / norm, rel_tol=1e-9)
+    norm = math.hypot(a.item(), b.item())
+    assert math.isclose(float(a.grad), lam_of('edge:1-3') * float(prior.omega[g]) * a.item() / norm, rel_tol=1e-9)
     assert model.free.s.grad is None or float(model.free.s.grad) == 0
 
 
@@ -608,14 +608,14 @@ def check_switches(model, prior, dead, before):
     name_of = {id(m): n for n, m in model.named_modules()}
     for key in prior.keys:
         for m, i in members(model, key):
-            s, mask = float(m.s.flatten()[i]), float(m.mask.flatten()[i])
+            s, mask = m.s.detach().flatten()[i].item(), float(m.mask.flatten()[i])
             if key in dead:
                 assert s == 0 and mask == 0, key
             else:
                 assert mask == 1 and s == float(before[name_of[id(m)]].flatten()[i]) != 0, key
     for key in dead:
         assert float(prior.gamma[prior.index[key]]) == 0
-    assert model.free.mask.item() == 1 and model.free.s.item() != 0       # not managed
+    assert model.free.mask.item() == 1 and model.free.s.detach().item() != 0       # not managed
     if 'edge:2-3' in dead:
         assert all(model.cells[c].edges['e2_3'].pruned for c in range(2))
         assert all(model.cells[c].ops[f'e2_3_op{k}'].pruned for c in range(2) for k in range(2))
@@ -647,7 +647,7 @@ def test_hard_prior_state_dict_round_trip():
         else:
             assert v == state2[k], k
     assert fresh.table() == prior.table()
-    assert float(fresh.penalty()) == float(prior.penalty())
+    assert fresh.penalty().item() == prior.penalty().item()
     # Both continue identically.
     prior.update(curv)
     fresh.update(curv)
@@ -833,7 +833,7 @@ def test_proximal_step_is_group_soft_thresholding():
         torch.testing.assert_close(new, old * factor, rtol=1e-12, atol=0)
         if key in ('edge:1-3', 'head[1]'):
             assert bool((new == 0).all()), key
-    assert model.free.s.item() == before['free'].item()          # not managed
+    assert model.free.s.detach().item() == before['free'].item()          # not managed
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -900,4 +900,4 @@ def test_prox_adam_step_equals_a_per_entry_reference():
             got = torch.stack([m.s.detach().flatten()[i] for m, i in mem])
             torch.testing.assert_close(got, w * shrink, rtol=1e-10, atol=1e-15, msg=key)
     pruned = [k for k in prior.keys if bool(prior.pruned[prior.index[k]])]
-    assert pruned and all(float(m.s.flatten()[i]) == 0 for k in pruned for m, i in members(model, k))
+    assert pruned and all(m.s.detach().flatten()[i].item() == 0 for k in pruned for m, i in members(model, k))
