@@ -609,10 +609,9 @@ class Compression:
     self.st holds everything that changes as the run goes (phase, epoch, optimiser states, the dense
     weights, results); with the model, prior, baseline and RNG states it is the checkpoint."""
 
-    def __init__(self, args, run, device):
-        self.args, self.run = args, run
+    def __init__(self, args, run, device, data):
+        self.args, self.run, self.data = args, run, data
         self.data_spec = DATASETS[MODELS[args.model]['data']]
-        self.data = load_data(args.data, MODELS[args.model]['data'], device)
         utils.set_seed(args.seed)
         self.plain, self.model = build(args.model)
         if args.pretrained:
@@ -1032,9 +1031,10 @@ def main(argv=None):
     state = utils.load_checkpoint(checkpoint) if args.resume and checkpoint.exists() else None
     if state is not None:
         args = resumed_args(args, state, checkpoint)
-    run = utils.RunDir(args.save, args, resume=args.resume)
     device = torch.device('cpu') if args.gpu is None else utils.get_device(args.gpu)
-    comp = Compression(args, run, device)
+    data = load_data(args.data, MODELS[args.model]['data'], device)   # bad data leaves no run directory
+    run = utils.RunDir(args.save, args, resume=args.resume)
+    comp = Compression(args, run, device, data)
     if state is not None:
         comp.restore(state)
         name = comp.phases[min(comp.st['phase'], len(comp.phases) - 1)][0]

@@ -438,8 +438,8 @@ def configure(argv):
 def main(argv=None):
     args, state = configure(argv)
     device = utils.get_device(args.gpu)
+    data = make_data(args, device)          # before the run directory: bad data leaves nothing behind
     run = utils.RunDir(args.save, args, resume=args.resume)
-    data = make_data(args, device)
     search = Search(args, device, run, {kind: len(data[kind]) for kind in ('warmup', 'search')})
     if state is not None:
         search.load_state_dict(state, run.file('checkpoint.pt'))
