@@ -153,6 +153,24 @@ def _reductions(layers):
     return {layers // 3, 2 * layers // 3}
 
 
+def stack_cells(layers, C, C_stem, reduction_prev, make_cell):
+    """DARTS's stack of `layers` cells, with reductions (and doubled channels) at 1/3 and 2/3 of the
+    depth. make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev) builds one cell. Returns
+    the cells and the channels of each cell's output."""
+    cells, channels = nn.ModuleList(), []
+    C_prev_prev, C_prev, C_curr = C_stem, C_stem, C
+    for i in range(layers):
+        reduction = i in _reductions(layers)
+        if reduction:
+            C_curr *= 2
+        cell = make_cell(reduction, C_prev_prev, C_prev, C_curr, reduction_prev)
+        cells.append(cell)
+        reduction_prev = reduction
+        C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        channels.append(C_prev)
+    return cells, channels
+
+
 class Network(nn.Module):
     """The DARTS search network with a switch on every edge and every op (returns logits)."""
 
@@ -161,21 +179,16 @@ class Network(nn.Module):
         if not 1 <= multiplier <= steps:
             raise ValueError(f'multiplier must be between 1 and steps={steps}, got {multiplier}')
         self.tie = tie
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_stem = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
         edges = [(op, i, j) for j in range(2, steps + 2) for i in range(j) for op in genotypes.CANDIDATES]
         concat = list(range(steps + 2 - multiplier, steps + 2))
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in _reductions(layers)
-            if reduction:
-                C_curr *= 2
-            self.cells.append(Cell(edges, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                                   switches=True))
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+
+        def make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev):
+            return Cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction, reduction_prev, switches=True)
+
+        self.cells, channels = stack_cells(layers, C, C_stem, False, make_cell)
+        C_prev = channels[-1]
         # Every op of every edge is summed with its switch at 1, so the last cell's output is many
         # times larger than one op's; without this BatchNorm the logits start in the tens and SGD at
         # the paper's learning rate diverges. (Each cell's inputs are normalised by its preprocessing.)
@@ -293,22 +306,15 @@ class _EvalNetwork(nn.Module):
         normal = genotypes.cell_edges(genotype.normal), list(genotype.normal_concat)
         reduce = genotypes.cell_edges(genotype.reduce), list(genotype.reduce_concat)
         self._layers, self._auxiliary = layers, auxiliary
-        C_prev_prev, C_prev, C_curr = C_stem, C_stem, C
-        self.cells = nn.ModuleList()
-        C_to_auxiliary = None
-        for i in range(layers):
-            reduction = i in _reductions(layers)
-            if reduction:
-                C_curr *= 2
+
+        def make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev):
             edges, concat = reduce if reduction else normal
-            cell = Cell(edges, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
-            self.cells.append(cell)
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == 2 * layers // 3:
-                C_to_auxiliary = C_prev
-        if auxiliary:
-            self.auxiliary_head = aux_head(C_to_auxiliary, num_classes)
+            return Cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction, reduction_prev)
+
+        self.cells, channels = stack_cells(layers, C, C_stem, reduction_prev, make_cell)
+        C_prev = channels[-1]
+        if auxiliary:       # after the second reduction cell, as DARTS
+            self.auxiliary_head = aux_head(channels[2 * layers // 3], num_classes)
         # DARTS pools ImageNet's 7x7 map with AvgPool2d(7): the same thing there, and any size works.
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
