@@ -471,24 +471,40 @@ class RunDir:
             f.write(json.dumps(record, default=_json_default) + '\n')
 
 
-def save_checkpoint(state, path):
-    """torch.save to a temporary file beside `path`, fsync, then rename over it.
+def write_atomic(path, write):
+    """Call write(binary file) on a temporary file beside `path`, fsync, then rename it over `path`.
 
-    A crash at any moment leaves either the old checkpoint or the new one, never a torn file.
+    A crash at any moment leaves either the old file or the new one, never a torn file. The
+    temporary name starts with '.' and ends in '.tmp', so it is never taken for an output.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name does not end in .pt, so it is never taken for a checkpoint.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path, text):
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def save_figure_atomic(fig, path, **kwargs):
+    """fig.savefig(path) through write_atomic (the format comes from path's suffix)."""
+    fmt = Path(path).suffix.lstrip('.') or 'png'
+    write_atomic(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
+
+
+def save_checkpoint(state, path):
+    """torch.save through write_atomic, then make the rename durable where the OS allows it."""
+    path = Path(path)
+    write_atomic(path, lambda f: torch.save(state, f))
     if hasattr(os, 'O_DIRECTORY'):  # make the rename itself durable where the OS allows it
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
