@@ -83,10 +83,11 @@ def batch(n, device, classes=10):
 # The measured steps
 # ----------------------------------------------------------------------------------------------------
 
-def make_search(cfg, device, batch_size, amp=False, channels_last=False):
+def make_search(cfg, device, batch_size, amp=False, channels_last=False, data=None):
     """search.py's own Search object (model, prior, optimiser, training step) for this configuration."""
     argv = ['--init_channels', str(cfg['C']), '--layers', str(cfg['layers']), '--batch_size', str(batch_size),
             '--no-amp' if not amp else '--amp', '--no-channels_last' if not channels_last else '--channels_last']
+    argv += ['--data', str(data)] if data is not None else []
     args = search.build_parser().parse_args(argv)
     torch.manual_seed(0)
     return search.Search(args, device, run=None, steps_in={})
@@ -135,15 +136,38 @@ def flat(curv):
     return torch.cat([v.flatten() for v in curv.values()]).double().cpu()
 
 
-def bench_curvature(cfg, device):
+def warm_up(s, data, device):
+    """search.py's warm-up epoch (weights only, switches at 1) on real images; returns a plain batch
+    of the switch-training part for the curvature, and the warm-up's final training accuracy."""
+    parts = search.make_data(s.args, device)
+    s.model.train()
+    for sw in s.switches:
+        sw.requires_grad_(False)
+    for x, y in parts['warmup']:
+        s.train_step(x, y, False)
+    loss, hits, images = s.sums.tolist()
+    for sw in s.switches:
+        sw.requires_grad_(True)
+    return next(iter(parts['curvature'])), 100 * hits / max(images, 1)
+
+
+def bench_curvature(cfg, device, data=None):
     """Each estimator's cost per batch relative to a training step, its ranking against 'ggn', and
-    the time of the HARD update, pruning and derivation."""
+    the time of the HARD update, pruning and derivation. With `data` (a CIFAR-10 folder) the supernet
+    first takes search.py's warm-up epoch on real images and the curvature is measured on a real
+    batch; otherwise on noise images after a few steps."""
     bs = cfg['search_batch']
-    s = make_search(cfg, device, bs, channels_last=True)
-    x, y = batch(bs, device)
-    # A few real steps first, so that running statistics and switches are not all at their start.
+    s = make_search(cfg, device, bs, channels_last=True, data=data)
+    result = dict(batch_size=bs, switches=len(s.switches), images='noise')
+    if data is not None:
+        (x, y), acc = warm_up(s, data, device)
+        result.update(images=f'CIFAR-10 from {data}, after the warm-up epoch', warmup_train_acc=acc)
+    else:
+        x, y = batch(bs, device)
+    # A few steps at the measured batch also set the timing baseline (their updates are tiny).
     train_s = search_step_rate(s, device, x, y, cfg)
-    result, curv = dict(batch_size=bs, train_step_s=train_s, switches=len(s.switches)), {}
+    result['train_step_s'] = train_s
+    curv = {}
     for method in METHODS:
         def run(method=method):
             curv[method] = switch_curvature(s.model, [(x, y)], method)
@@ -162,11 +186,11 @@ def bench_curvature(cfg, device):
         f'fisher, mean of {draws}': float((fisher_avg[measured] / ggn[measured]).median())}
 
     def update():
-        prior = s.model.build_prior(0.005, 0.005)
-        prior.update(curv['recursive'])
-        prior.prune(0.0)
+        prior = s.model.build_prior(s.args.lam, s.args.lam)
+        prior.update(curv[s.args.hessian], rule=s.args.update)
+        prior.prune(s.args.threshold)
     result['update_prune_s'] = timed(update, device, 1, cfg['repeats'])
-    s.prior.update(curv['recursive'])
+    s.prior.update(curv[s.args.hessian], rule=s.args.update)
     rows = search.gamma_rows(s.model, s.prior)
     threshold = sorted(r['gamma'] for r in rows)[len(rows) // 2]
     result['derive_s'] = timed(lambda: derive.derive_from_table(rows, threshold=threshold), device, 1,
@@ -266,7 +290,8 @@ def show_search_step(r):
 
 
 def show_curvature(c):
-    say(f"  {c['switches']} switches, batch {c['batch_size']}; training step {c['train_step_s'] * 1e3:.1f} ms")
+    images = c['images'] + (f" (training accuracy {c['warmup_train_acc']:.1f} %)" if 'warmup_train_acc' in c else '')
+    say(f"  {c['switches']} switches, batch {c['batch_size']}, {images}; training step {c['train_step_s'] * 1e3:.1f} ms")
     for m in METHODS:
         say(f"  {m:<10} {c[m]['seconds'] * 1e3:9.1f} ms  {c[m]['ratio_to_train_step']:6.2f} x a training step")
     say('  Spearman rank correlation with ggn: ' + ', '.join(f'{k} {v:.3f}' for k, v in c['spearman_vs_ggn'].items()))
@@ -312,6 +337,8 @@ def main(argv=None):
                         help='measure only these sections')
     parser.add_argument('--batch_sizes', type=int, nargs='+', default=None,
                         help='supernet batch sizes of section 1 (default: 64 128 256; --quick: 8)')
+    parser.add_argument('--data', default=None, help='CIFAR-10 folder: measure the curvature rows on a '
+                        'supernet warmed up on real images, as search.py does (default: noise images)')
     parser.add_argument('--out', default='bench.json', help='JSON report path (default: bench.json)')
     args = parser.parse_args(argv)
     device = torch.device('cpu') if args.quick else utils.get_device(args.gpu)
@@ -331,7 +358,7 @@ def main(argv=None):
     sections = [('search_step', 'supernet training step, as search.py takes it',
                  lambda: bench_search_step(cfg, device, args.compile)),
                 ('curvature', 'curvature per batch, against a training step on the same batch',
-                 lambda: bench_curvature(cfg, device)),
+                 lambda: bench_curvature(cfg, device, args.data)),
                 ('pruned', 'supernet step with pruned operations', lambda: bench_pruned(cfg, device)),
                 ('eval_train', 'evaluation network training step (retraining configuration)',
                  lambda: bench_eval_networks(cfg, device, args.compile))]

@@ -56,6 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 OMEGA_FLOOR = 1e-12
+RULES = ('reweight', 'evidence')
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -438,6 +439,52 @@ def _update(w, h, gamma_m, lam_m, gid, n_groups):
     return norm / omega, omega, cov
 
 
+def _evidence(w, h, lam_m, gid, n_groups, grid=48, steps=40):
+    """Type-II maximum likelihood gamma of every group under the Laplace approximation.
+
+    Each member's tempered likelihood is taken as a Gaussian around its trained value w_c with
+    precision h_c / lam, so the evidence of gamma is prod_c N(w_c; 0, gamma + v_c), v_c = lam / h_c.
+    It is largest at some gamma in [0, max_c w_c^2] (its slope is negative beyond). For one member it
+    is gamma = max(0, w^2 - v): the group is pruned (gamma = 0) when h w^2 <= lam, i.e. when the loss
+    the switch is worth lies within the temperature. Several members (tied cells) can make it
+    multimodal, so the maximum is located on a log grid (and at 0), then refined by bisection of the
+    slope; all groups at once.
+
+    h w^2 is unchanged when a switch is rescaled along a direction the loss does not see (w -> a w,
+    h -> h / a^2), so the decision does not depend on where along such a direction training ended.
+    A member with h = 0 tells nothing about gamma (v = inf) and adds nothing."""
+    h = h.clamp_min(0)
+    inv_v = h / lam_m                                   # 1 / v_c, 0 where the loss ignores the member
+    w2 = w * w
+
+    def per_group(values):
+        return torch.zeros(values.shape[:-1] + (n_groups,), dtype=w.dtype, device=w.device).index_add_(
+            values.dim() - 1, gid, values)
+
+    def log_evidence(gamma):                            # gamma: (..., n_groups); up to a constant
+        a = inv_v / (1 + gamma[..., gid] * inv_v)       # 1 / (gamma + v), finite for v = inf
+        return per_group(torch.log(a.clamp_min(1e-300)) * (inv_v > 0) - w2 * a)
+
+    def slope(gamma):
+        a = inv_v / (1 + gamma[..., gid] * inv_v)
+        return per_group(w2 * a * a - a)
+
+    top = torch.zeros(n_groups, dtype=w.dtype, device=w.device).scatter_reduce_(0, gid, w2, 'amax')
+    frac = torch.logspace(-9, 0, grid, dtype=w.dtype, device=w.device)
+    points = torch.cat([torch.zeros(1, n_groups, dtype=w.dtype, device=w.device), frac[:, None] * top], 0)
+    best = log_evidence(points).argmax(0)               # (n_groups,), 0 means gamma = 0
+    cols = torch.arange(n_groups, device=w.device)
+    lo = points[(best - 1).clamp_min(0), cols]
+    hi = points[(best + 1).clamp_max(grid), cols]
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        up = slope(mid) > 0
+        lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+    refined = (lo + hi) / 2
+    keep = (best > 0) & (log_evidence(refined) >= log_evidence(torch.zeros_like(refined)))
+    return torch.where(keep, refined, torch.zeros_like(refined))
+
+
 def update_group(w, h, gamma, lam):
     """One group's update: returns (gamma_new, omega, cov) (see the module docstring)."""
     w, h = torch.as_tensor(w).flatten(), torch.as_tensor(h).flatten().to(torch.as_tensor(w).dtype)
@@ -513,6 +560,11 @@ class HardPrior:
         self.gamma_raw = torch.ones(g, **f64)
         self.omega = torch.ones(g, **f64)
         self.pruned = torch.zeros(g, dtype=torch.bool, device=device)
+        # What derivation needs to revisit the last decision: each group's effective gamma when it
+        # was pruned, and the prune() call (1, 2, ...) that pruned it (0: alive).
+        self.gamma_at_prune = torch.zeros(g, **f64)
+        self.pruned_at = torch.zeros(g, dtype=torch.long, device=device)
+        self.rounds = 0
         self.cov = torch.ones(len(self.gid), **f64)
         self.h = torch.zeros(len(self.gid), **f64)
         self.children = defaultdict(list)
@@ -562,13 +614,24 @@ class HardPrior:
 
     # -- update --------------------------------------------------------------------------------------
 
-    def update(self, curv):
-        """Laplace update of gamma, omega and the posterior variances from curvatures, then couplings."""
+    def update(self, curv, rule='reweight'):
+        """Update gamma, omega and the posterior variances from curvatures, then the couplings.
+
+        rule 'reweight': gamma = ||w|| / omega with omega from the current gamma (the paper's
+        re-weighted group-l1 update, module docstring). rule 'evidence': gamma maximises the Laplace
+        evidence of the group (_evidence), then omega and the posterior variances follow from it."""
+        if rule not in RULES:
+            raise ValueError(f"unknown update rule {rule!r}; choose one of {', '.join(RULES)}")
         with torch.no_grad():
             w = self._flat_w().to(self.gamma.dtype)
             h = torch.cat([curv[name].detach().flatten().to(w) if name in curv else torch.zeros_like(w[:sw.s.numel()])
                            for name, sw in self.switches]) if self.switches else w
-            gamma, omega, cov = _update(w, h, self.gamma[self.gid], self.lam[self.gid], self.gid, len(self.keys))
+            lam_m, n = self.lam[self.gid], len(self.keys)
+            if rule == 'evidence':
+                gamma = _evidence(w, h, lam_m, self.gid, n)
+                _, omega, cov = _update(w, h, gamma[self.gid], lam_m, self.gid, n)
+            else:
+                gamma, omega, cov = _update(w, h, self.gamma[self.gid], lam_m, self.gid, n)
             gamma[self.pruned] = 0
             self.gamma_raw, self.omega, self.cov, self.h = gamma, omega, cov, h.clamp_min(0)
             self.gamma = self._couple(gamma.clone())
@@ -620,11 +683,12 @@ class HardPrior:
     # -- pruning -------------------------------------------------------------------------------------
 
     def prune(self, threshold):
-        """Prune groups whose effective gamma < threshold, then everything that depends on a pruned
-        group: children of pruned parents, edges all of whose children are pruned, and outgoing edges
-        of nodes whose incoming edges are all pruned. Returns the keys newly pruned."""
+        """Prune groups whose effective gamma < threshold or is 0 (a prior variance of 0 holds the
+        switch at 0), then everything that depends on a pruned group: children of pruned parents,
+        edges all of whose children are pruned, and outgoing edges of nodes whose incoming edges are
+        all pruned. Returns the keys newly pruned."""
         before = self.pruned.clone()
-        dead = self.pruned | (self.gamma < threshold)
+        dead = self.pruned | (self.gamma < threshold) | (self.gamma == 0)
         for key in self._order:
             i = self.index[key]
             if key in self.inflow and all(dead[self.index[e]] for e in self.inflow[key]):
@@ -638,6 +702,10 @@ class HardPrior:
         for key in self._order:
             if key in self.parent and dead[self.index[self.parent[key]]]:
                 dead[self.index[key]] = True
+        newly = dead & ~before
+        self.gamma_at_prune = torch.where(newly, self.gamma, self.gamma_at_prune)
+        self.rounds += 1
+        self.pruned_at = torch.where(newly, torch.full_like(self.pruned_at, self.rounds), self.pruned_at)
         self.pruned = dead
         self.gamma = torch.where(dead, torch.zeros_like(self.gamma), self.gamma)
         member_dead = dead[self.gid]
@@ -654,30 +722,40 @@ class HardPrior:
 
     def table(self):
         """One row per group: key, gamma (effective), gamma_raw, omega, norm, curvature (mean over
-        members), posterior variance (mean), lam, pruned, members [(switch name, flat index)]."""
+        members), curvatures (each member's, in the order of members), posterior variance (mean), lam, pruned, gamma_at_prune (the effective gamma when it
+        was pruned; gamma while alive), pruned_at (the prune() call that pruned it, None while alive),
+        members [(switch name, flat index)]."""
         with torch.no_grad():
             norm = self.norms()
         n = torch.zeros(len(self.keys), dtype=self.h.dtype, device=self.h.device).index_add(0, self.gid, torch.ones_like(self.h))
         h_mean = torch.zeros_like(n).index_add(0, self.gid, self.h.to(n)) / n.clamp_min(1)
         cov_mean = torch.zeros_like(n).index_add(0, self.gid, self.cov.to(n)) / n.clamp_min(1)
+        member_h = defaultdict(list)
+        for g, h in zip(self.gid.tolist(), self.h.tolist()):
+            member_h[g].append(h)
         rows = []
         for i, key in enumerate(self.keys):
             rows.append(dict(key=key, gamma=float(self.gamma[i]), gamma_raw=float(self.gamma_raw[i]),
                              omega=float(self.omega[i]), norm=float(norm[i]), curvature=float(h_mean[i]),
+                             curvatures=member_h[i],
                              cov=float(cov_mean[i]), lam=float(self.lam[i]), pruned=bool(self.pruned[i]),
+                             gamma_at_prune=float(self.gamma_at_prune[i] if self.pruned[i] else self.gamma[i]),
+                             pruned_at=int(self.pruned_at[i]) if self.pruned[i] else None,
                              members=[list(m) for m in self.members[key]]))
         return rows
 
     def state_dict(self):
         return dict(keys=list(self.keys), gamma=self.gamma.clone(), gamma_raw=self.gamma_raw.clone(),
                     omega=self.omega.clone(), pruned=self.pruned.clone(), cov=self.cov.clone(),
-                    h=self.h.clone(), lam=self.lam.clone())
+                    h=self.h.clone(), lam=self.lam.clone(), gamma_at_prune=self.gamma_at_prune.clone(),
+                    pruned_at=self.pruned_at.clone(), rounds=self.rounds)
 
     def load_state_dict(self, state):
         if list(state['keys']) != self.keys:
             raise ValueError('HardPrior state does not match this model: its switch groups differ')
-        for k in ('gamma', 'gamma_raw', 'omega', 'pruned', 'cov', 'h', 'lam'):
+        for k in ('gamma', 'gamma_raw', 'omega', 'pruned', 'cov', 'h', 'lam', 'gamma_at_prune', 'pruned_at'):
             setattr(self, k, state[k].clone().to(getattr(self, k).device))
+        self.rounds = state['rounds']
 
 
 

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 import derive
 import genotypes
 import utils
-from hessian import METHODS, ProxAdam, switch_curvature
+from hessian import METHODS, RULES, ProxAdam, switch_curvature
 from model_search import Network
 
 
@@ -102,9 +102,14 @@ def build_parser():
                    '(default: --lambda)')
     p.add_argument('--switch_lr', type=float, default=0.01, help='learning rate of the switches '
                    '(proximal Adam, see the module docstring; 0.01)')
-    p.add_argument('--hessian', choices=METHODS, default='fisher', help='curvature estimator: '
-                   "Monte-Carlo Fisher (default), the exact GGN diagonal, or the paper's layer-wise "
-                   'recursion (see the module docstring)')
+    p.add_argument('--hessian', choices=METHODS + ('constant',), default='fisher', help='curvature '
+                   "estimator: Monte-Carlo Fisher (default), the exact GGN diagonal, the paper's layer-wise "
+                   "recursion, or 'constant': the Fisher's mean over all switches in place of every "
+                   "switch's own (an ablation: the decision then rests on switch magnitudes alone)")
+    p.add_argument('--update', choices=RULES, default='evidence', help="the prior update: 'evidence' "
+                   '(default: gamma maximises the Laplace evidence, so a group is pruned when the loss it '
+                   "is worth is within lambda) or 'reweight' (the paper's gamma = ||w|| / omega); see the "
+                   'module docstring')
     p.add_argument('--hessian_batches', type=int, default=20, help='training batches the curvature is '
                    'averaged over (20)')
     p.add_argument('--warmup_epochs', type=int, default=1, help='epochs of weight-only training (1)')
@@ -333,12 +338,12 @@ class Search:
         args = self.args
         tic = time.time()
         curvature_batches.set_epoch(iteration)
-        curv = switch_curvature(self.model, itertools.islice(curvature_batches, args.hessian_batches),
-                                args.hessian)
+        curv = self.curvature(curvature_batches)
         if self.cuda:
             torch.cuda.synchronize(self.device)
         seconds = time.time() - tic
-        self.prior.update(curv)
+        self.prior.update(curv, rule=args.update)
+        self.relevance = relevance(gamma_rows(self.model, self.prior))      # before pruning zeroes w
         newly = self.prior.prune(args.threshold)
         live = live_ops(gamma_rows(self.model, self.prior))
         summary = dict(iteration=iteration + 1, curvature_s=seconds, pruned=len(newly),
@@ -350,6 +355,26 @@ class Search:
                      f'{live["normal"]}/{live["normal_total"]}, reduce {live["reduce"]}/{live["reduce_total"]}')
         self.run.metric(phase='update', step=self.global_step(), **summary)
         return summary
+
+
+    def curvature(self, batches):
+        """{switch name: curvature} by --hessian; 'constant' puts the Fisher's mean over all live
+        switch entries in place of each entry's own."""
+        method = 'fisher' if self.args.hessian == 'constant' else self.args.hessian
+        curv = switch_curvature(self.model, itertools.islice(batches, self.args.hessian_batches), method)
+        if self.args.hessian == 'constant':
+            modules = dict(self.model.named_modules())
+            live = torch.cat([h[modules[name].mask != 0].flatten().double() for name, h in curv.items()])
+            mean = live.mean() if len(live) else torch.zeros((), dtype=torch.float64)
+            curv = {name: torch.full_like(h, mean.item()) for name, h in curv.items()}
+        return curv
+
+
+def relevance(rows):
+    """{group key: sum_c h_c w_c^2 / lambda}: twice the loss (to second order) that zeroing the group's
+    switches would cost, in units of the temperature. The evidence rule keeps a one-member group
+    exactly when it exceeds 1."""
+    return {r['key']: sum(h * w * w for h, w in zip(r['curvatures'], r['values'])) / r['lam'] for r in rows}
 
 
 def live_ops(rows):
@@ -383,14 +408,41 @@ def write_gamma(search, iteration):
     args = search.args
     lam_origin, lam_child = lambdas(args)
     rows = gamma_rows(search.model, search.prior)
+    for row in rows:
+        row['relevance'] = search.relevance[row['key']]
     doc = dict(threshold=args.threshold, lambda_origin=lam_origin, lambda_child=lam_child,
-               hessian=args.hessian, iteration=iteration + 1, tied=not args.untie, groups=rows)
-    path = search.run.file('gamma.json')
-    tmp = path.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(doc, indent=1) + '\n')
-    tmp.replace(path)
+               hessian=args.hessian, update=args.update, iteration=iteration + 1, tied=not args.untie, groups=rows)
+    if iteration + 1 == args.iterations:
+        for line in rescue_empty_cells(doc):
+            search.run.log(line)
+    utils.write_text_atomic(search.run.file('gamma.json'), json.dumps(doc, indent=1) + '\n')
     derive.plot_gamma(rows, search.run.file('gamma.png'), args.threshold)
     return doc
+
+
+def rescue_empty_cells(doc):
+    """A cell that the threshold rule leaves empty keeps the one operation it can best justify: the
+    op on an edge out of an input node with the largest relevance (ties: curvature) among those the
+    last update pruned. Marks those rows (and their edges) alive in doc; returns what it says."""
+    said, tables = [], derive.cell_tables(doc['groups'])
+    for cell_type in derive.CELL_TYPES:
+        try:
+            derive.derive_cell(tables[cell_type], cell_type, threshold=doc['threshold'])
+            continue
+        except utils.UserError:
+            pass
+        rows = {r['key']: r for r in doc['groups']}
+        last = [r for r in doc['groups'] if r['cell_type'] == cell_type and r['op'] is not None
+                and r['src'] in derive.INPUTS and r.get('pruned_at') == doc['iteration']]
+        if not last:
+            continue                        # nothing the last update decided: derivation will say so
+        best = max(last, key=lambda r: (r['relevance'], r['curvature']))
+        for row in (best, rows[best['key'].rsplit('/', 1)[0]]):
+            row.update(pruned=False, rescued=True, gamma=max(row['gamma_at_prune'], doc['threshold'], 1e-12))
+        said.append(f'the {cell_type} cell would be empty at threshold {doc["threshold"]:g}: it keeps its most '
+                    f'relevant operation, {best["op"]} {best["src"]}->{best["dst"]} (relevance '
+                    f'{best["relevance"]:.3g}); search with a smaller lambda for a larger cell')
+    return said
 
 
 def write_genotype(search, doc):

@@ -499,6 +499,97 @@ def members(model, key):
     return out
 
 
+def evidence(w, h, lam):
+    w, h = torch.tensor(w, dtype=torch.float64), torch.tensor(h, dtype=torch.float64)
+    return float(hessian._evidence(w, h, torch.full_like(w, lam), torch.zeros(len(w), dtype=torch.long), 1)[0])
+
+
+def log_evidence(gamma, w, h, lam):
+    return -sum(math.log(gamma + lam / hc) + wc * wc / (gamma + lam / hc) for wc, hc in zip(w, h) if hc > 0)
+
+
+@pytest.mark.parametrize('w, h', [(0.3, 10.0), (0.3, 1e-3), (1.0, 0.005), (1.0, 0.02), (-2.0, 1.0), (0.0, 5.0)])
+def test_evidence_of_one_switch_is_the_closed_form(w, h):
+    # gamma = max(0, w^2 - lam / h): kept exactly when h w^2 > lam.
+    lam = 0.005
+    assert math.isclose(evidence([w], [h], lam), max(0.0, w * w - lam / h), rel_tol=1e-9, abs_tol=1e-15)
+
+
+def test_evidence_of_tied_groups_is_the_best_gamma_on_a_fine_grid():
+    gen = torch.Generator().manual_seed(3)
+    grid = [0.0] + torch.logspace(-12, 2, 20001, dtype=torch.float64).tolist()
+    for trial in range(30):
+        n = 2 + trial % 4
+        w = (torch.randn(n, generator=gen, dtype=torch.float64) * 2 * torch.rand(1, generator=gen)).tolist()
+        h = (torch.rand(n, generator=gen, dtype=torch.float64) * 10 ** (3 * torch.randn(1, generator=gen))).tolist()
+        h[0] = 0.0 if trial % 5 == 0 else h[0]          # a member the loss ignores adds nothing
+        lam = 0.01
+        best = max(log_evidence(g, w, h, lam) for g in grid)
+        assert log_evidence(evidence(w, h, lam), w, h, lam) >= best - 1e-9 * abs(best) - 1e-12
+
+
+def test_evidence_decision_ignores_rescalings_the_loss_does_not_see():
+    # w -> a w with h -> h / a^2 is what a direction of constant loss does to a switch's diagonal
+    # curvature: the pruned set stays the same and gamma scales with a^2.
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(40, generator=gen, dtype=torch.float64)
+    h = 10 ** (2 * torch.randn(40, generator=gen, dtype=torch.float64))
+    gid = torch.arange(40) // 2                          # 20 groups of two tied members
+    lam = torch.full_like(w, 0.05)
+    base = hessian._evidence(w, h, lam, gid, 20)
+    assert 0 < int((base == 0).sum()) < 20
+    for a in (0.1, 3.0):
+        scaled = hessian._evidence(a * w, h / a ** 2, lam, gid, 20)
+        assert torch.equal(scaled == 0, base == 0)
+        torch.testing.assert_close(scaled, a * a * base, rtol=1e-6, atol=0)
+    # ... whereas the re-weighting rule's gamma = ||w|| / omega is no function of the product h w^2.
+    rew = hessian._update(w, h, torch.ones_like(w), lam, gid, 20)[0]
+    rew_scaled = hessian._update(0.1 * w, h / 0.01, torch.ones_like(w), lam, gid, 20)[0]
+    assert not torch.allclose(rew_scaled, 0.01 * rew, rtol=1e-3)
+
+
+def test_evidence_rule_prunes_the_switch_the_loss_does_not_need():
+    """Same switch values, different curvature: the evidence rule prunes the low-curvature group, the
+    re-weighting rule keeps both (its gamma only grows as the curvature falls)."""
+    model, prior, curv = make_prior()
+    names = {id(m): n for n, m in model.named_modules()}
+    flat = {}
+    for key in ('op:0-2:0', 'op:0-2:1'):
+        for m, i in members(model, key):
+            flat.setdefault(names[id(m)], curv[names[id(m)]].clone())
+            flat[names[id(m)]].view(-1)[i] = 10.0 if key.endswith(':0') else 1e-6
+    curv = {**curv, **flat}
+    prior.update(curv, rule='evidence')
+    g = {k: float(prior.gamma_raw[prior.index[k]]) for k in ('op:0-2:0', 'op:0-2:1')}
+    assert g['op:0-2:0'] > 0 and g['op:0-2:1'] == 0
+    assert 'op:0-2:1' in prior.prune(0.0) and not bool(prior.pruned[prior.index['op:0-2:0']])
+    _, prior2, _ = make_prior()
+    prior2.update(curv, rule='reweight')
+    assert all(float(prior2.gamma_raw[prior2.index[k]]) > 0.1 for k in ('op:0-2:0', 'op:0-2:1'))
+    with pytest.raises(ValueError):
+        prior2.update(curv, rule='magnitude')
+
+
+def test_prune_records_when_and_at_which_gamma_a_group_went():
+    model, prior, curv = make_prior(tiny=['edge:0-3'])
+    prior.update(curv)
+    gamma = {k: float(prior.gamma[g]) for g, k in enumerate(prior.keys)}
+    first = prior.prune(1e-2)
+    prior.update(curv)
+    gamma2 = {k: float(prior.gamma[g]) for g, k in enumerate(prior.keys)}
+    second = prior.prune(0.3)
+    assert first and second
+    rows = {r['key']: r for r in prior.table()}
+    for key in first:
+        assert rows[key]['pruned_at'] == 1 and rows[key]['gamma_at_prune'] == gamma[key]
+    for key in second:         # below the threshold, or a dependant of a group that is
+        assert rows[key]['pruned_at'] == 2 and rows[key]['gamma_at_prune'] == gamma2[key]
+    assert any(rows[key]['gamma_at_prune'] < 0.3 for key in second)
+    for key, row in rows.items():
+        if not row['pruned']:
+            assert row['pruned_at'] is None and row['gamma_at_prune'] == row['gamma']
+
+
 def test_hard_prior_groups_tied_switches_and_penalty():
     model, prior, curv = make_prior()
     assert sorted(prior.keys) == sorted(EDGE_KEYS + OP_KEYS + ['head[0]', 'head[1]', 'head[2]'])

@@ -40,14 +40,15 @@ def data(small_cifar):
 
 def test_search_writes_its_run_directory_and_a_valid_cell(data, tmp_path):
     save = tmp_path / 'run'
-    result = run_search(data, save, '--threshold', '0')
+    result = run_search(data, save, '--threshold', '0', '--update', 'reweight')
     for name in ('log.txt', 'args.json', 'metrics.jsonl', 'checkpoint.pt', 'gamma.json', 'genotype.json',
                  'genotype.py'):
         assert (save / name).is_file(), name
     for name in ('gamma.png', 'curves.png', 'cell_normal.png', 'cell_reduce.png'):
         assert (save / name).read_bytes()[:4] == b'\x89PNG', name
     args = json.loads((save / 'args.json').read_text())
-    assert args['lam'] == 0.005 and args['hessian'] == 'fisher' and args['layers'] == 3
+    assert args['lam'] == 0.005 and args['hessian'] == 'fisher' and args['update'] == 'reweight'
+    assert args['layers'] == 3
     metrics = [json.loads(line) for line in (save / 'metrics.jsonl').read_text().splitlines()]
     assert {m['phase'] for m in metrics} == {'warmup', 'search', 'update'}
     assert all(math.isfinite(m['train_loss']) for m in metrics if 'train_loss' in m)
@@ -62,9 +63,10 @@ def test_search_writes_its_run_directory_and_a_valid_cell(data, tmp_path):
         assert math.isclose(r['norm'], math.hypot(*r['values']), rel_tol=1e-6, abs_tol=1e-12)
     assert any(r['curvature'] > 0 for r in op_rows(doc))
 
-    # Threshold 0 prunes no group; only the ops whose switches the penalty drove to exactly 0
-    # (gamma 0) are left out of the derived cell.
-    assert not any(r['pruned'] for r in doc['groups'])
+    # The re-weighting rule at threshold 0 prunes exactly the groups whose switches the penalty drove
+    # to exactly 0 (gamma 0).
+    assert all(r['pruned'] == (r['gamma_at_prune'] == 0) for r in doc['groups'])
+    assert all(r['norm'] > 0 for r in doc['groups'] if not r['pruned'])
     genotype = genotypes.load_json(save / 'genotype.json')
     assert genotype == result['genotype']
     alive = {(r['cell_type'], r['src'], r['dst'], r['op']) for r in op_rows(doc) if r['gamma'] > 0}
@@ -81,14 +83,14 @@ def test_pruning_below_the_threshold_takes_ops_out_of_the_search(data, tmp_path)
     """The same seeded search twice: without pruning, to read its gammas, then with a threshold at
     their median. The first iteration is identical, so exactly the groups below the median go, their
     switches are zero and masked, and the derived cell holds only surviving ops."""
-    first = run_search(data, tmp_path / 'a', '--threshold', '0')
+    first = run_search(data, tmp_path / 'a', '--threshold', '0', '--update', 'reweight')
     doc = derive.load_gamma(tmp_path / 'a')
     gammas = sorted(r['gamma'] for r in op_rows(doc))
     threshold = gammas[len(gammas) // 2]
     low = {r['key'] for r in doc['groups'] if r['gamma'] < threshold}
     assert 0 < len(low) < len(doc['groups'])
 
-    run_search(data, tmp_path / 'b', '--threshold', threshold, '--iterations', '2')
+    run_search(data, tmp_path / 'b', '--threshold', threshold, '--iterations', '2', '--update', 'reweight')
     doc_b = derive.load_gamma(tmp_path / 'b')
     pruned = {r['key'] for r in doc_b['groups'] if r['pruned']}
     assert low <= pruned                                        # iteration 1 pruned them, for good
@@ -212,3 +214,27 @@ def test_missing_data_is_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith('error: CIFAR-10 not found')
     assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# The evidence rule: the curvature decides
+# ----------------------------------------------------------------------------------------------------
+
+def kept_ops(doc):
+    return {r['key'] for r in op_rows(doc) if not r['pruned']}
+
+
+def test_the_curvature_decides_what_is_pruned(data, tmp_path):
+    """The same seeded search with each switch's own curvature and with their mean in its place:
+    training is identical (the curvature is measured after it), so any difference in the pruned set
+    is the curvature's doing - and there is one."""
+    run_search(data, tmp_path / 'own')
+    run_search(data, tmp_path / 'constant', '--hessian', 'constant')
+    own, constant = derive.load_gamma(tmp_path / 'own'), derive.load_gamma(tmp_path / 'constant')
+    assert 0 < len(kept_ops(own)) < len(op_rows(own)) and 0 < len(kept_ops(constant)) < len(op_rows(constant))
+    assert kept_ops(own) != kept_ops(constant)
+    assert len({c for r in op_rows(constant) for c in r['curvatures'] if c > 0}) == 1
+    # One-member groups (the single normal cell of a 3-cell supernet) follow the closed form: kept
+    # exactly when h w^2 > lambda, that is relevance > 1, before the couplings.
+    normal = [r for r in op_rows(own) if r['cell_type'] == 'normal' and abs(r['relevance'] - 1) > 1e-6]
+    assert normal and all((r['gamma_raw'] > 0) == (r['relevance'] > 1) for r in normal)
