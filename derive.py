@@ -305,8 +305,16 @@ def plot_gamma(rows, path, threshold=None):
 # Command line
 # ----------------------------------------------------------------------------------------------------
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description='Derive a genotype from a BayesNAS search run.')
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one UserError line, not usage text and exit."""
+
+    def error(self, message):
+        raise utils.UserError(f'{message} (see python derive.py --help)')
+
+
+def build_parser():
+    # No abbreviations: '--top 2' must not silently mean '--topk 2'.
+    parser = Parser(description='Derive a genotype from a BayesNAS search run.', allow_abbrev=False)
     parser.add_argument('run_dir', help='directory of a search run (holds gamma.json)')
     rule = parser.add_mutually_exclusive_group()
     rule.add_argument('--threshold', type=float, default=None,
@@ -314,7 +322,11 @@ def main(argv=None):
     rule.add_argument('--topk', type=int, default=None,
                       help='keep the K strongest incoming edges per node, strongest op per edge')
     parser.add_argument('--out', default=None, help='output directory (default: RUN_DIR)')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     doc = load_gamma(args.run_dir)
     genotype = derive(doc, threshold=args.threshold, topk=args.topk)

@@ -220,3 +220,34 @@ def test_command_line_errors_are_one_line(tmp_path, setup, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
+
+
+def run_cli(*args):
+    """`python derive.py ARGS` from the repository root, as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / 'derive.py'), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def assert_one_line_error(result, message):
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--top', '2'], 'unrecognized arguments: --top 2'),             # no abbreviation of --topk
+    (['--thr', '0.2'], 'unrecognized arguments: --thr 0.2'),
+    (['--threshold', '0.1', '--topk', '2'], 'not allowed with argument'),
+    (['--topk', 'two'], "invalid int value: 'two'"),
+    (['--threshold', 'abc'], "invalid float value: 'abc'"),
+])
+def test_bad_flags_are_one_line_and_exit_2(tmp_path, flags, message):
+    run = write_run(tmp_path, table(both({(0, 2, 'sep_conv_3x3'): 0.9})))
+    result = run_cli(run, *flags)
+    assert_one_line_error(result, message)
+    assert '(see python derive.py --help)' in result.stderr
+    assert not (run / 'genotype.json').exists()
+
+
+def test_a_missing_run_dir_argument_is_one_line():
+    assert_one_line_error(run_cli(), 'the following arguments are required: run_dir')
