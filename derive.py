@@ -56,6 +56,36 @@ def load_gamma(run_dir):
     return doc
 
 
+def row_key(index, row):
+    """The key of the index-th table row; ValueError when the row is no object with a string key."""
+    if not isinstance(row, dict) or not isinstance(row.get('key'), str):
+        raise ValueError(f'gamma table row {index} is not an object with a "key" string')
+    return row['key']
+
+
+def row_number(row, field):
+    """row[field] as a float; ValueError naming the row's key and the bad value (not the whole row,
+    which holds long member lists). Gammas are variances: NaN, infinite and negative are refused."""
+    key = row['key']
+    if field not in row:
+        raise ValueError(f'gamma table row {key!r}: "{field}" is missing')
+    value = row[field]
+    # bool is an int to Python, but true/false in a gamma column is a broken table, not 1 and 0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'gamma table row {key!r}: {field} {value!r} is not a number')
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f'gamma table row {key!r}: {field} is {value}, not a finite number >= 0')
+    return float(value)
+
+
+def _row_flag(row, field, key):
+    if field not in row:
+        raise ValueError(f'gamma table row {key!r}: "{field}" is missing')
+    if not isinstance(row[field], bool):
+        raise ValueError(f'gamma table row {key!r}: {field} {row[field]!r} is not true or false')
+    return row[field]
+
+
 def _position(row):
     """(cell_type, src, dst, op) of a table row; op is None for an edge switch.
 
@@ -82,14 +112,9 @@ def cell_tables(rows):
     Untied searches have one row per cell for the same position: their gammas are averaged, and a
     position counts as pruned only when it is pruned in every cell."""
     collected = defaultdict(list)
-    for row in rows:
-        try:
-            gamma, pruned = float(row['gamma']), bool(row['pruned'])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f'gamma table row {row!r}: needs "key", "gamma" and "pruned"') from None
-        if math.isnan(gamma):
-            raise ValueError(f'gamma table row {row["key"]!r}: gamma is {gamma}')
-        collected[_position(row)].append((gamma, pruned))
+    for index, row in enumerate(rows):
+        key = row_key(index, row)
+        collected[_position(row)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned', key)))
     tables = {t: {} for t in CELL_TYPES}
     for (cell_type, src, dst, op), values in collected.items():
         entry = dict(gamma=sum(g for g, _ in values) / len(values), pruned=all(p for _, p in values))

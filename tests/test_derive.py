@@ -158,7 +158,15 @@ def test_untied_rows_are_averaged_over_cells_and_pruned_only_when_pruned_everywh
     ([dict(key='normal/0->2', gamma=float('nan'), pruned=False)], 'gamma is nan'),
     ([dict(key='normal/0->2/conv_9x9', gamma=0.5, pruned=False)], "unknown operation 'conv_9x9'"),
     ([dict(key='normal/zero', gamma=0.5, pruned=False)], 'no "from->to" edge'),
-    ([dict(key='normal/0->2', pruned=False)], 'needs "key", "gamma" and "pruned"'),
+    ([dict(key='normal/0->2', pruned=False)], '\'normal/0->2\': "gamma" is missing'),
+    ([dict(key='normal/0->2', gamma='abc', pruned=False)], "'normal/0->2': gamma 'abc' is not a number"),
+    ([dict(key='normal/0->2', gamma=-0.5, pruned=False)], "'normal/0->2': gamma is -0.5, not a finite"),
+    ([dict(key='normal/0->2', gamma=float('inf'), pruned=False)], 'gamma is inf'),
+    ([dict(key='normal/0->2', gamma=True, pruned=False)], 'gamma True is not a number'),
+    ([dict(key='normal/0->2', gamma=0.5)], '\'normal/0->2\': "pruned" is missing'),
+    ([dict(key='normal/0->2', gamma=0.5, pruned='no')], "pruned 'no' is not true or false"),
+    ([dict(gamma=0.5, pruned=False)], 'row 0 is not an object with a "key"'),
+    ([['normal/0->2', 0.5, False]], 'row 0 is not an object'),
     (table({}, cell_types=('normal',)), 'no rows for the reduce cell'),
 ])
 def test_malformed_tables_are_rejected(rows, message):
@@ -251,3 +259,23 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, flags, message):
 
 def test_a_missing_run_dir_argument_is_one_line():
     assert_one_line_error(run_cli(), 'the following arguments are required: run_dir')
+
+
+@pytest.mark.parametrize('gamma, message', [
+    ('abc', "gamma 'abc' is not a number"),
+    (-0.25, 'gamma is -0.25'),
+    (None, 'gamma None is not a number'),
+    ('missing', '"gamma" is missing'),
+])
+def test_a_bad_gamma_is_one_line_naming_the_row_and_the_value(tmp_path, gamma, message):
+    rows = table(both({(0, 2, 'sep_conv_3x3'): 0.9}))
+    bad = next(r for r in rows if r['key'] == 'normal/0->2/sep_conv_3x3')
+    bad['members'] = [['cells.0.switch', 3]] * 50          # long fields that must not reach the user
+    if gamma == 'missing':
+        del bad['gamma']
+    else:
+        bad['gamma'] = gamma
+    result = run_cli(write_run(tmp_path, rows))
+    assert_one_line_error(result, f"gamma table row 'normal/0->2/sep_conv_3x3': {message}")
+    assert 'members' not in result.stderr and 'cells.0.switch' not in result.stderr
+    assert gamma == 'missing' or 'missing' not in result.stderr
