@@ -227,14 +227,47 @@ def derive(doc, threshold=None, topk=None):
 # Outputs: genotype files and pictures
 # ----------------------------------------------------------------------------------------------------
 
-def write_genotype(genotype, out_dir, note):
-    """genotype.json and genotype.py (a comment line, then the literal); returns the literal."""
+def genotype_json(genotype):
+    """The JSON text of genotypes.save_json (same layout, so genotypes.load_json reads it back),
+    as a string, so that it can be written atomically."""
+    g = genotypes.canonical(genotype)
+    return json.dumps({field: getattr(g, field) for field in genotypes.Genotype._fields}, indent=1) + '\n'
+
+
+def _written(path, write):
+    """write(path); an OSError (disk full, no permission, a folder in the way) becomes one line."""
+    try:
+        write(path)
+    except OSError as e:
+        raise utils.UserError(f'cannot write {path}: {e.strerror or e}') from e
+
+
+def output_dir(out_dir):
+    """out_dir as a Path, created if needed; UserError when it is a file or cannot be created."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise utils.UserError(f'output directory {out_dir} exists and is not a directory')
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise utils.UserError(f'cannot create output directory {out_dir}: {e.strerror or e}') from e
+    return out_dir
+
+
+def write_genotype(genotype, out_dir, note):
+    """genotype.json and genotype.py (a comment line, then the literal), each written atomically;
+    returns the literal."""
+    out_dir = output_dir(out_dir)
     literal = genotypes.to_literal(genotype)
-    genotypes.save_json(genotype, out_dir / 'genotype.json')
-    (out_dir / 'genotype.py').write_text(f'# {note}\n{literal}\n')
+    text = genotype_json(genotype)
+    _written(out_dir / 'genotype.json', lambda p: utils.write_text_atomic(p, text))
+    _written(out_dir / 'genotype.py', lambda p: utils.write_text_atomic(p, f'# {note}\n{literal}\n'))
     return literal
+
+
+def save_figure(fig, path, dpi):
+    """The figure as a PNG, atomically, so a reader never finds a torn picture."""
+    _written(Path(path), lambda p: utils.save_figure_atomic(fig, p, dpi=dpi))
 
 
 def _figure(width, height):
@@ -288,7 +321,7 @@ def plot_cell(cell, concat, path, title):
     ax.set_ylim(-1.6, 1.6)
     ax.axis('off')
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_genotype(genotype, out_dir):
@@ -323,7 +356,7 @@ def plot_gamma(rows, path, threshold=None):
         ax.set_title(f'{cell_type}: log10 gamma' + (f' (threshold {threshold:g})' if threshold else ''))
         fig.colorbar(image, ax=ax, fraction=0.05)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -357,7 +390,7 @@ def main(argv=None):
     genotype = derive(doc, threshold=args.threshold, topk=args.topk)
     rule_text = (f'topk {args.topk}' if args.topk is not None
                  else f'threshold {args.threshold if args.threshold is not None else doc["threshold"]:g}')
-    out_dir = Path(args.out or args.run_dir)
+    out_dir = output_dir(args.out or args.run_dir)
     literal = write_genotype(genotype, out_dir, f'derived from {args.run_dir} by {rule_text}')
     plot_genotype(genotype, out_dir)
     print(literal)

@@ -279,3 +279,37 @@ def test_a_bad_gamma_is_one_line_naming_the_row_and_the_value(tmp_path, gamma, m
     assert_one_line_error(result, f"gamma table row 'normal/0->2/sep_conv_3x3': {message}")
     assert 'members' not in result.stderr and 'cells.0.switch' not in result.stderr
     assert gamma == 'missing' or 'missing' not in result.stderr
+
+
+OUTPUTS = ('genotype.json', 'genotype.py', 'cell_normal.png', 'cell_reduce.png')
+
+
+def test_every_output_is_written_atomically_and_the_json_is_save_jsons(tmp_path, monkeypatch, capsys):
+    run = write_run(tmp_path, table(both({(0, 2, 'sep_conv_3x3'): 0.9, (1, 3, 'skip_connect'): 0.5})))
+    through = []
+    write_atomic = derive.utils.write_atomic
+    monkeypatch.setattr(derive.utils, 'write_atomic', lambda path, write: (through.append(Path(path).name),
+                                                                          write_atomic(path, write)))
+    g = derive.main([str(run)])
+    assert sorted(through) == sorted(OUTPUTS)
+    assert not list(run.glob('.*.tmp'))
+    genotypes.save_json(g, tmp_path / 'reference.json')
+    assert (run / 'genotype.json').read_text() == (tmp_path / 'reference.json').read_text()
+
+
+def test_out_naming_a_file_is_one_line(tmp_path):
+    run = write_run(tmp_path, table(both({(0, 2, 'sep_conv_3x3'): 0.9})))
+    (tmp_path / 'taken').write_text('keep me\n')
+    result = run_cli(run, '--out', tmp_path / 'taken')
+    assert_one_line_error(result, f'output directory {tmp_path / "taken"} exists and is not a directory')
+    assert (tmp_path / 'taken').read_text() == 'keep me\n'
+
+
+@pytest.mark.parametrize('name', OUTPUTS)
+def test_a_write_error_is_one_line_naming_the_file(tmp_path, name):
+    # A folder where an output should go makes the final rename fail, even for root.
+    run = write_run(tmp_path, table(both({(0, 2, 'sep_conv_3x3'): 0.9})))
+    (run / name).mkdir()
+    result = run_cli(run)
+    assert_one_line_error(result, f'cannot write {run / name}: ')
+    assert not list(run.glob('.*.tmp'))
