@@ -1,8 +1,8 @@
 """Derive a cell genotype from a BayesNAS search's switch variances (gamma.json).
 
-    python derive.py RUN_DIR                   # BayesNAS rule at the search's own threshold
-    python derive.py RUN_DIR --threshold 0.05  # BayesNAS rule at another threshold
-    python derive.py RUN_DIR --topk 2          # DARTS-comparable cell, (op, input) pairs
+    python derive.py RUN_DIR                   # the search's own rule: rewrites RUN_DIR's genotype
+    python derive.py RUN_DIR --threshold 0.05  # another threshold -> RUN_DIR/derived-threshold-0.05/
+    python derive.py RUN_DIR --topk 2          # DARTS-comparable cell -> RUN_DIR/derived-topk-2/
     python derive.py RUN_DIR --topk 2 --out DIR
 
 Two rules, both applied to the effective (coupled) gamma of every switch group:
@@ -20,7 +20,10 @@ and dead nodes leave the concatenation. Every live node is in the concatenation,
 operation lies on a path from an input to the cell's output. A cell with no live node is an error.
 
 Writes genotype.json, genotype.py (a line that pastes into genotypes.py) and cell_normal.png,
-cell_reduce.png into RUN_DIR (or --out), and prints the literal.
+cell_reduce.png, each atomically, and prints the literal and where the files went. The search's own
+rule (no flag, or --threshold equal to the search's) writes into RUN_DIR, as search.py did; any other
+rule writes into a folder of its own, RUN_DIR/derived-threshold-T or RUN_DIR/derived-topk-K, so that
+the search's genotype is never overwritten; --out DIR overrides either.
 """
 import argparse
 import json
@@ -32,6 +35,7 @@ import genotypes
 import utils
 
 CELL_TYPES = ('normal', 'reduce')
+OUTPUTS = ('genotype.json', 'genotype.py', 'cell_normal.png', 'cell_reduce.png')
 INPUTS = (0, 1)
 
 
@@ -383,17 +387,28 @@ def build_parser():
     return parser
 
 
+def default_out(run_dir, doc, threshold, topk):
+    """Where a derivation goes without --out: the search's own rule rewrites the run's own files, any
+    other rule gets a folder of its own, so that it never overwrites the search's genotype."""
+    if topk is not None:
+        return Path(run_dir) / f'derived-topk-{topk:g}'
+    if threshold is not None and threshold != doc.get('threshold'):
+        return Path(run_dir) / f'derived-threshold-{threshold:g}'
+    return Path(run_dir)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-
     doc = load_gamma(args.run_dir)
     genotype = derive(doc, threshold=args.threshold, topk=args.topk)
     rule_text = (f'topk {args.topk}' if args.topk is not None
                  else f'threshold {args.threshold if args.threshold is not None else doc["threshold"]:g}')
-    out_dir = output_dir(args.out or args.run_dir)
+    out_dir = output_dir(args.out or default_out(args.run_dir, doc, args.threshold, args.topk))
     literal = write_genotype(genotype, out_dir, f'derived from {args.run_dir} by {rule_text}')
     plot_genotype(genotype, out_dir)
+    # The literal first, then comment lines: the whole of stdout still pastes into genotypes.py.
     print(literal)
+    print(f'# wrote {", ".join(OUTPUTS)} to {out_dir}')
     return genotype
 
 

@@ -196,7 +196,7 @@ def test_main_writes_genotype_files_and_pictures(tmp_path, capsys):
     exec(printed, namespace)                                  # the literal pastes into genotypes.py
     assert namespace['Searched'] == g
     assert genotypes.load_json(run / 'genotype.json') == g
-    assert (run / 'genotype.py').read_text().splitlines()[1] == printed
+    assert (run / 'genotype.py').read_text().splitlines()[1] == printed.splitlines()[0]
     for name in ('cell_normal.png', 'cell_reduce.png'):
         assert (run / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert ('sep_conv_5x5', 1, 5) not in g.normal            # 0.05 < the search's threshold 0.1
@@ -313,3 +313,50 @@ def test_a_write_error_is_one_line_naming_the_file(tmp_path, name):
     result = run_cli(run)
     assert_one_line_error(result, f'cannot write {run / name}: ')
     assert not list(run.glob('.*.tmp'))
+
+
+def own_files(run):
+    return {name: (run / name).read_bytes() for name in ('genotype.json', 'genotype.py')}
+
+
+@pytest.mark.parametrize('flags, folder', [
+    (['--threshold', '0.05'], 'derived-threshold-0.05'),
+    (['--threshold', '0.2'], 'derived-threshold-0.2'),
+    (['--threshold', '1e-05'], 'derived-threshold-1e-05'),
+    (['--topk', '2'], 'derived-topk-2'),
+    (['--topk', '1'], 'derived-topk-1'),
+])
+def test_another_rule_goes_to_its_own_folder_and_leaves_the_searchs_files(tmp_path, capsys, flags, folder):
+    cell = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 2, 'skip_connect'): 0.5, (2, 3, 'max_pool_3x3'): 0.4,
+            (0, 3, 'avg_pool_3x3'): 0.3, (1, 4, 'dil_conv_3x3'): 0.6, (3, 4, 'sep_conv_5x5'): 0.3,
+            (4, 5, 'avg_pool_3x3'): 0.3, (1, 5, 'sep_conv_5x5'): 0.08}
+    run = write_run(tmp_path, table(both(cell)), threshold=0.1)
+    derive.main([str(run)])
+    before = own_files(run)
+    capsys.readouterr()
+    g = derive.main([str(run)] + flags)
+    assert capsys.readouterr().out.splitlines()[-1] == f'# wrote {", ".join(OUTPUTS)} to {run / folder}'
+    assert own_files(run) == before
+    assert genotypes.load_json(run / folder / 'genotype.json') == g
+    for name in OUTPUTS:
+        assert (run / folder / name).stat().st_size > 0
+
+
+def test_the_searchs_own_rule_rewrites_the_runs_own_files_with_the_same_content(tmp_path, capsys):
+    run = write_run(tmp_path, table(both({(0, 2, 'sep_conv_3x3'): 0.9, (1, 3, 'skip_connect'): 0.5})),
+                    threshold=0.1)
+    derive.main([str(run)])
+    first = own_files(run)
+    for flags in ([], ['--threshold', '0.1']):               # the search's threshold, given or not
+        capsys.readouterr()
+        derive.main([str(run)] + flags)
+        assert capsys.readouterr().out.splitlines()[-1] == f'# wrote {", ".join(OUTPUTS)} to {run}'
+        assert own_files(run) == first
+    assert [p.name for p in run.iterdir() if p.is_dir()] == []
+
+
+def test_out_overrides_the_default_folder(tmp_path, capsys):
+    run = write_run(tmp_path, table(both({(0, 2, 'sep_conv_3x3'): 0.9})))
+    derive.main([str(run), '--topk', '1', '--out', str(tmp_path / 'mine')])
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f' to {tmp_path / "mine"}')
+    assert (tmp_path / 'mine' / 'genotype.json').is_file() and not (run / 'derived-topk-1').exists()
