@@ -182,20 +182,31 @@ def derive_cell(edges, cell_type, threshold=None, topk=None):
     return kept, concat
 
 
+def _short_nodes(kept, nodes, want=2):
+    """{node: number of kept inputs} for the nodes that keep fewer than `want`."""
+    degree = {dst: sum(1 for _, _, d in kept if d == dst) for dst in nodes}
+    return {dst: n for dst, n in degree.items() if n < want}
+
+
 def _as_pairs(kept, nodes):
     """DARTS (op, input) pairs, two per node in node order, or None when some node has not two."""
-    pairs = []
-    for dst in nodes:
-        ins = [(op, src) for op, src, d in kept if d == dst]
-        if len(ins) != 2:
-            return None
-        pairs += ins
-    return pairs
+    # No node below two and 2 * len(nodes) entries in all: exactly two for every node.
+    if _short_nodes(kept, nodes) or len(kept) != 2 * len(nodes):
+        return None
+    return [(op, src) for dst in nodes for op, src, d in kept if d == dst]
 
 
-def derive_from_table(rows, threshold=None, topk=None):
+def _triples_note(cell_type, short):
+    nodes = ', '.join(f'node {n} has {"no" if k == 0 else k} input{"" if k == 1 else "s"}'
+                      for n, k in short.items())
+    return (f'--topk 2 wrote the {cell_type} cell as (op, from, to) triples, not DARTS (op, input) '
+            f'pairs: {nodes}')
+
+
+def derive_from_table(rows, threshold=None, topk=None, notes=None):
     """Genotype from gamma-table rows (gamma.json's "groups" or HardPrior.table()): exactly one of
-    threshold (the BayesNAS rule) and topk (the DARTS-comparable rule)."""
+    threshold (the BayesNAS rule) and topk (the DARTS-comparable rule). A list passed as notes
+    receives one line per cell that --topk 2 could not write as DARTS pairs."""
     if (threshold is None) == (topk is None):
         raise ValueError('give exactly one of threshold and topk')
     if threshold is not None and not threshold >= 0:
@@ -208,6 +219,8 @@ def derive_from_table(rows, threshold=None, topk=None):
         kept, concat = derive_cell(tables[cell_type], cell_type, threshold, topk)
         nodes = sorted({dst for _, dst in tables[cell_type]})
         pairs = _as_pairs(kept, nodes) if topk == 2 else None
+        if topk == 2 and pairs is None and notes is not None:
+            notes.append(_triples_note(cell_type, _short_nodes(kept, nodes)))
         # Triples in the order of genotypes.cell_edges (node, source, op name); pairs in node order,
         # strongest input first, as DARTS writes them.
         cells[cell_type] = (pairs, nodes) if pairs else (genotypes.cell_edges(kept), concat)
@@ -215,14 +228,15 @@ def derive_from_table(rows, threshold=None, topk=None):
                               reduce=cells['reduce'][0], reduce_concat=cells['reduce'][1])
 
 
-def derive(doc, threshold=None, topk=None):
-    """Genotype from a gamma.json document; threshold defaults to the search's own."""
+def derive(doc, threshold=None, topk=None, notes=None):
+    """Genotype from a gamma.json document; threshold defaults to the search's own. notes: as for
+    derive_from_table."""
     if topk is None and threshold is None:
         threshold = doc.get('threshold')
         if threshold is None:
             raise utils.UserError('gamma.json records no threshold: pass --threshold or --topk')
     try:
-        return derive_from_table(doc['groups'], threshold=threshold, topk=topk)
+        return derive_from_table(doc['groups'], threshold=threshold, topk=topk, notes=notes)
     except ValueError as e:
         raise utils.UserError(str(e)) from e
 
@@ -400,7 +414,8 @@ def default_out(run_dir, doc, threshold, topk):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     doc = load_gamma(args.run_dir)
-    genotype = derive(doc, threshold=args.threshold, topk=args.topk)
+    notes = []
+    genotype = derive(doc, threshold=args.threshold, topk=args.topk, notes=notes)
     rule_text = (f'topk {args.topk}' if args.topk is not None
                  else f'threshold {args.threshold if args.threshold is not None else doc["threshold"]:g}')
     out_dir = output_dir(args.out or default_out(args.run_dir, doc, args.threshold, args.topk))
@@ -408,6 +423,8 @@ def main(argv=None):
     plot_genotype(genotype, out_dir)
     # The literal first, then comment lines: the whole of stdout still pastes into genotypes.py.
     print(literal)
+    for note in notes:
+        print(f'# note: {note}')
     print(f'# wrote {", ".join(OUTPUTS)} to {out_dir}')
     return genotype
 

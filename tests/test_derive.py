@@ -360,3 +360,28 @@ def test_out_overrides_the_default_folder(tmp_path, capsys):
     derive.main([str(run), '--topk', '1', '--out', str(tmp_path / 'mine')])
     assert capsys.readouterr().out.splitlines()[-1].endswith(f' to {tmp_path / "mine"}')
     assert (tmp_path / 'mine' / 'genotype.json').is_file() and not (run / 'derived-topk-1').exists()
+
+
+def test_topk_2_says_which_nodes_keep_fewer_than_two_inputs(tmp_path, capsys):
+    cell = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 2, 'skip_connect'): 0.8, (2, 3, 'max_pool_3x3'): 0.5}
+    rows = table({**both(cell), ('reduce', 1, 4, 'avg_pool_3x3'): 0.3})
+    notes = []
+    derive.derive_from_table(rows, topk=2, notes=notes)
+    assert notes == [
+        '--topk 2 wrote the normal cell as (op, from, to) triples, not DARTS (op, input) pairs: '
+        'node 3 has 1 input, node 4 has no inputs, node 5 has no inputs',
+        '--topk 2 wrote the reduce cell as (op, from, to) triples, not DARTS (op, input) pairs: '
+        'node 3 has 1 input, node 4 has 1 input, node 5 has no inputs']
+    derive.main([str(write_run(tmp_path, rows)), '--topk', '2'])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:3] == [f'# note: {note}' for note in notes]
+    assert len(out) == 4
+
+
+def test_topk_2_with_two_inputs_everywhere_writes_pairs_and_no_note(tmp_path, capsys):
+    cell = {(i, j, 'sep_conv_3x3'): 0.1 * (i + 1) for j in range(2, 6) for i in range(j)}
+    notes = []
+    g = derive.derive_from_table(table(both(cell)), topk=2, notes=notes)
+    assert notes == [] and genotypes.cell_form(g.normal) == 'pairs'
+    derive.main([str(write_run(tmp_path, table(both(cell)))), '--topk', '2'])
+    assert 'note' not in capsys.readouterr().out
