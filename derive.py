@@ -19,6 +19,12 @@ kept when its source node is alive (an input, or an intermediate node with a kep
 and dead nodes leave the concatenation. Every live node is in the concatenation, so every kept
 operation lies on a path from an input to the cell's output. A cell with no live node is an error.
 
+A threshold above the search's keeps a subset of what the search kept. One below it can only
+revive groups pruned in the search's last iteration: they count with the gamma they were pruned at
+(gamma.json's gamma_at_prune and pruned_at), under the same dependency rules; groups pruned earlier
+stay pruned, because their switches were not trained after that. Tables without those fields (older
+searches) are refused below the search's threshold rather than read as if nothing had been pruned.
+
 Writes genotype.json, genotype.py (a line that pastes into genotypes.py) and cell_normal.png,
 cell_reduce.png, each atomically, and prints the literal and where the files went. The search's own
 rule (no flag, or --threshold equal to the search's) writes into RUN_DIR, as search.py did; any other
@@ -203,16 +209,20 @@ def _triples_note(cell_type, short):
             f'pairs: {nodes}')
 
 
-def derive_from_table(rows, threshold=None, topk=None, notes=None):
-    """Genotype from gamma-table rows (gamma.json's "groups" or HardPrior.table()): exactly one of
-    threshold (the BayesNAS rule) and topk (the DARTS-comparable rule). A list passed as notes
-    receives one line per cell that --topk 2 could not write as DARTS pairs."""
+def _check_rule(threshold, topk):
     if (threshold is None) == (topk is None):
         raise ValueError('give exactly one of threshold and topk')
     if threshold is not None and not threshold >= 0:
         raise utils.UserError(f'threshold must be >= 0, got {threshold}')
     if topk is not None and topk < 1:
         raise utils.UserError(f'--topk must be at least 1, got {topk}')
+
+
+def derive_from_table(rows, threshold=None, topk=None, notes=None):
+    """Genotype from gamma-table rows (gamma.json's "groups" or HardPrior.table()): exactly one of
+    threshold (the BayesNAS rule) and topk (the DARTS-comparable rule). A list passed as notes
+    receives one line per cell that --topk 2 could not write as DARTS pairs."""
+    _check_rule(threshold, topk)
     tables = cell_tables(rows)
     cells = {}
     for cell_type in CELL_TYPES:
@@ -228,15 +238,66 @@ def derive_from_table(rows, threshold=None, topk=None, notes=None):
                               reduce=cells['reduce'][0], reduce_concat=cells['reduce'][1])
 
 
+def _doc_field(doc, field, check, what):
+    """doc[field] (None when absent); UserError when it is present but not `what`."""
+    value = doc.get(field)
+    if value is not None and (isinstance(value, bool) or not check(value)):
+        raise utils.UserError(f'gamma.json: {field} {value!r} is not {what}')
+    return value
+
+
+def _search_threshold(doc):
+    return _doc_field(doc, 'threshold', lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+                      'a number >= 0')
+
+
+def _last_iteration(doc):
+    return _doc_field(doc, 'iteration', lambda v: isinstance(v, int) and v >= 1, 'an iteration number')
+
+
+def _revived(index, row, last, own):
+    """The row as a threshold below the search's own sees it: a group pruned in the last iteration
+    counts with the gamma it was pruned at; one pruned earlier stays pruned, since its switches were
+    not trained after that."""
+    key = row_key(index, row)
+    if not _row_flag(row, 'pruned', key):
+        return row
+    if last is None or 'gamma_at_prune' not in row or 'pruned_at' not in row:
+        raise utils.UserError(
+            f'a threshold below the search\'s own {own:g} cannot be derived from this gamma.json: it '
+            f'does not record the gammas of pruned groups (no gamma_at_prune and pruned_at, as written '
+            f'by older search.py versions); use --threshold >= {own:g} or --topk')
+    at, gamma = row['pruned_at'], row_number(row, 'gamma_at_prune')
+    if isinstance(at, bool) or not isinstance(at, int) or at < 1:
+        raise ValueError(f'gamma table row {key!r}: pruned_at {at!r} is not an iteration number')
+    return row if at != last else dict(row, gamma=gamma, pruned=False)
+
+
+def rows_at(doc, threshold):
+    """gamma.json's rows as a derivation at `threshold` sees them.
+
+    At or above the search's threshold the table is used as the search left it: every group it pruned
+    fell below that threshold or depended on one that did, so none could clear a higher one. Below
+    it, groups pruned in the last iteration come back with their gamma at pruning (derive_cell's
+    dependency rules still apply to them); this needs the table's gamma_at_prune and pruned_at."""
+    own = _search_threshold(doc)
+    last = _last_iteration(doc)
+    if own is None or threshold >= own:
+        return doc['groups']
+    return [_revived(index, row, last, own) for index, row in enumerate(doc['groups'])]
+
+
 def derive(doc, threshold=None, topk=None, notes=None):
-    """Genotype from a gamma.json document; threshold defaults to the search's own. notes: as for
-    derive_from_table."""
+    """Genotype from a gamma.json document; threshold defaults to the search's own, and one below it
+    revives the groups pruned in the last iteration (rows_at). notes: as for derive_from_table."""
     if topk is None and threshold is None:
-        threshold = doc.get('threshold')
+        threshold = _search_threshold(doc)
         if threshold is None:
             raise utils.UserError('gamma.json records no threshold: pass --threshold or --topk')
+    _check_rule(threshold, topk)
     try:
-        return derive_from_table(doc['groups'], threshold=threshold, topk=topk, notes=notes)
+        rows = doc['groups'] if topk is not None else rows_at(doc, threshold)
+        return derive_from_table(rows, threshold=threshold, topk=topk, notes=notes)
     except ValueError as e:
         raise utils.UserError(str(e)) from e
 

@@ -15,21 +15,29 @@ ROOT = Path(__file__).resolve().parents[1]
 EDGES = [(i, j) for j in range(2, 6) for i in range(j)]
 
 
-def table(ops, edges=None, cell_types=('normal', 'reduce'), pruned_below=None):
+LAST = 3          # the last iteration of the hand-made searches
+
+
+def table(ops, edges=None, cell_types=('normal', 'reduce'), pruned_below=None, history=True):
     """gamma.json rows for a tied supernet: every edge and op of both cells, gamma 0 (pruned) except
     ops = {(cell_type, src, dst, op): gamma}; an edge's gamma is the largest of its ops unless
-    edges = {(cell_type, src, dst): gamma} says otherwise. pruned_below marks low rows pruned."""
+    edges = {(cell_type, src, dst): gamma} says otherwise. pruned_below marks low rows pruned.
+    history: give every row gamma_at_prune and pruned_at as search.py does, pruned rows pruned in
+    the first iteration (so no re-derivation revives them); False writes rows of older searches."""
     edges = edges or {}
     rows = []
+
+    def row(key, gamma):
+        pruned = gamma == 0 or (pruned_below is not None and gamma < pruned_below)
+        extra = dict(gamma_at_prune=gamma, pruned_at=1 if pruned else None) if history else {}
+        rows.append(dict(key=key, gamma=gamma, pruned=pruned, **extra))
+
     for cell_type in cell_types:
         for src, dst in EDGES:
             op_gammas = {op: ops.get((cell_type, src, dst, op), 0.0) for op in CANDIDATES}
-            edge_gamma = edges.get((cell_type, src, dst), max(op_gammas.values()))
-            rows.append(dict(key=f'{cell_type}/{src}->{dst}', gamma=edge_gamma,
-                             pruned=edge_gamma == 0 or (pruned_below is not None and edge_gamma < pruned_below)))
+            row(f'{cell_type}/{src}->{dst}', edges.get((cell_type, src, dst), max(op_gammas.values())))
             for op, g in op_gammas.items():
-                rows.append(dict(key=f'{cell_type}/{src}->{dst}/{op}', gamma=g,
-                                 pruned=g == 0 or (pruned_below is not None and g < pruned_below)))
+                row(f'{cell_type}/{src}->{dst}/{op}', g)
     return rows
 
 
@@ -178,10 +186,10 @@ def test_malformed_tables_are_rejected(rows, message):
 # The command line
 # ----------------------------------------------------------------------------------------------------
 
-def write_run(tmp_path, rows, threshold=0.1):
+def write_run(tmp_path, rows, threshold=0.1, iteration=LAST):
     run = tmp_path / 'run'
     run.mkdir()
-    (run / 'gamma.json').write_text(json.dumps(dict(threshold=threshold, groups=rows)))
+    (run / 'gamma.json').write_text(json.dumps(dict(threshold=threshold, iteration=iteration, groups=rows)))
     return run
 
 
@@ -385,3 +393,102 @@ def test_topk_2_with_two_inputs_everywhere_writes_pairs_and_no_note(tmp_path, ca
     assert notes == [] and genotypes.cell_form(g.normal) == 'pairs'
     derive.main([str(write_run(tmp_path, table(both(cell)))), '--topk', '2'])
     assert 'note' not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Re-derivation at another threshold, both ways
+# ----------------------------------------------------------------------------------------------------
+
+LIVE = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 2, 'skip_connect'): 0.3, (0, 4, 'dil_conv_3x3'): 0.5}
+# (src, dst, op or None for the edge switch): (gamma at pruning, iteration pruned in)
+PRUNED = {
+    (0, 2, 'max_pool_3x3'): (0.08, LAST),
+    (1, 2, 'avg_pool_3x3'): (0.02, LAST),                   # pruned last, but below 0.05
+    (1, 3, None): (0.07, LAST), (1, 3, 'sep_conv_5x5'): (0.07, LAST),        # node 3's only input
+    (3, 5, None): (0.6, LAST), (3, 5, 'skip_connect'): (0.6, LAST),          # died with node 3
+    (0, 4, 'avg_pool_3x3'): (0.06, LAST),
+    (0, 5, None): (0.09, LAST - 1), (0, 5, 'sep_conv_3x3'): (0.09, LAST - 1),  # pruned earlier
+    (1, 4, None): (0.5, LAST - 1), (1, 4, 'max_pool_3x3'): (0.5, LAST - 1),
+    (2, 4, None): (0.09, LAST - 1), (2, 4, 'dil_conv_5x5'): (0.7, LAST),      # its edge went earlier
+}
+
+
+def searched_rows():
+    """A search's table at threshold 0.1: LIVE alive, PRUNED pruned (gamma 0) with their history."""
+    rows = table(both(LIVE))
+    for row in rows:
+        parts = row['key'].split('/')
+        src, dst = map(int, parts[1].split('->'))
+        at = PRUNED.get((src, dst, parts[2] if len(parts) > 2 else None))
+        if at is not None:
+            row.update(gamma=0.0, pruned=True, gamma_at_prune=at[0], pruned_at=at[1])
+    return rows
+
+
+def search_doc(rows):
+    return dict(threshold=0.1, iteration=LAST, groups=rows)
+
+
+def test_a_higher_threshold_keeps_fewer_ops():
+    own = derive.derive(search_doc(searched_rows()))
+    higher = derive.derive(search_doc(searched_rows()), threshold=0.4)
+    assert own.normal == [('sep_conv_3x3', 0, 2), ('skip_connect', 1, 2), ('dil_conv_3x3', 0, 4)]
+    assert higher.normal == [('sep_conv_3x3', 0, 2), ('dil_conv_3x3', 0, 4)]
+    assert higher.normal_concat == [2, 4]
+
+
+def test_a_lower_threshold_revives_exactly_the_groups_pruned_in_the_last_iteration():
+    rows = searched_rows()
+    own = derive.derive(search_doc(rows))
+    lower = derive.derive(search_doc(rows), threshold=0.05)
+    revived = set(lower.normal) - set(own.normal)
+    # Node 3 comes back with its input, and takes its outgoing edge 3->5 back with it; 1->2's
+    # avg_pool (0.02 < 0.05), 2->4's op (its edge pruned earlier) and 0->5, 1->4 (pruned earlier,
+    # whatever their gamma) stay out.
+    assert revived == {('max_pool_3x3', 0, 2), ('sep_conv_5x5', 1, 3), ('skip_connect', 3, 5),
+                       ('avg_pool_3x3', 0, 4)}
+    assert set(own.normal) <= set(lower.normal)
+    assert lower.normal_concat == [2, 3, 4, 5] and lower.reduce == lower.normal
+    for op, src, dst in revived:
+        gamma_at_prune, pruned_at = PRUNED[(src, dst, op)]
+        assert pruned_at == LAST and gamma_at_prune >= 0.05
+    genotypes.validate(lower)
+    # Just below a revived op's gamma at pruning it is back, just above it is not.
+    assert ('avg_pool_3x3', 0, 4) in derive.derive(search_doc(rows), threshold=0.06).normal
+    assert ('avg_pool_3x3', 0, 4) not in derive.derive(search_doc(rows), threshold=0.061).normal
+
+
+def test_a_lower_threshold_on_the_command_line_writes_its_own_folder(tmp_path, capsys):
+    run = write_run(tmp_path, searched_rows())
+    g = derive.main([str(run), '--threshold', '0.05'])
+    assert ('skip_connect', 3, 5) in g.normal
+    assert genotypes.load_json(run / 'derived-threshold-0.05' / 'genotype.json') == g
+
+
+def test_a_lower_threshold_is_refused_for_a_table_without_gammas_of_pruned_groups(tmp_path):
+    rows = table(both(LIVE), history=False)
+    run = write_run(tmp_path, rows)
+    result = run_cli(run, '--threshold', '0.05')
+    assert_one_line_error(result, "below the search's own 0.1 cannot be derived from this gamma.json: "
+                                  "it does not record the gammas of pruned groups")
+    assert not (run / 'derived-threshold-0.05').exists()
+    # At or above the search's threshold the same table still derives.
+    assert run_cli(run, '--threshold', '0.1').returncode == 0
+    assert run_cli(run, '--threshold', '0.4').returncode == 0
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda doc: doc.update(threshold='abc'), "gamma.json: threshold 'abc' is not a number >= 0"),
+    (lambda doc: doc.update(iteration=0), 'gamma.json: iteration 0 is not an iteration number'),
+    (lambda doc: doc['groups'][-1].update(pruned_at='last'),
+     "row 'reduce/4->5/dil_conv_5x5': pruned_at 'last' is not an iteration number"),
+    (lambda doc: doc['groups'][-1].update(gamma_at_prune=float('nan')),
+     "row 'reduce/4->5/dil_conv_5x5': gamma_at_prune is nan"),
+])
+def test_a_bad_history_is_one_line(tmp_path, change, message):
+    doc = search_doc(searched_rows())
+    change(doc)
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'gamma.json').write_text(json.dumps(doc))
+    result = run_cli(tmp_path / 'run', '--threshold', '0.05')
+    assert_one_line_error(result, message)
