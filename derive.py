@@ -88,7 +88,9 @@ def row_number(row, field):
     return float(value)
 
 
-def _row_flag(row, field, key):
+def _row_flag(row, field):
+    """row[field], which must be true or false; ValueError naming the row's key otherwise."""
+    key = row['key']
     if field not in row:
         raise ValueError(f'gamma table row {key!r}: "{field}" is missing')
     if not isinstance(row[field], bool):
@@ -123,8 +125,8 @@ def cell_tables(rows):
     position counts as pruned only when it is pruned in every cell."""
     collected = defaultdict(list)
     for index, row in enumerate(rows):
-        key = row_key(index, row)
-        collected[_position(row)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned', key)))
+        row_key(index, row)
+        collected[_position(row)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned')))
     tables = {t: {} for t in CELL_TYPES}
     for (cell_type, src, dst, op), values in collected.items():
         entry = dict(gamma=sum(g for g, _ in values) / len(values), pruned=all(p for _, p in values))
@@ -260,7 +262,7 @@ def _revived(index, row, last, own):
     counts with the gamma it was pruned at; one pruned earlier stays pruned, since its switches were
     not trained after that."""
     key = row_key(index, row)
-    if not _row_flag(row, 'pruned', key):
+    if not _row_flag(row, 'pruned'):
         return row
     if last is None or 'gamma_at_prune' not in row or 'pruned_at' not in row:
         raise utils.UserError(
@@ -277,7 +279,7 @@ def rows_at(doc, threshold):
     """gamma.json's rows as a derivation at `threshold` sees them.
 
     At or above the search's threshold the table is used as the search left it: every group it pruned
-    fell below that threshold or depended on one that did, so none could clear a higher one. Below
+    fell below that threshold or depended on one that did, so none could be kept at a higher one. Below
     it, groups pruned in the last iteration come back with their gamma at pruning (derive_cell's
     dependency rules still apply to them); this needs the table's gamma_at_prune and pruned_at."""
     own = _search_threshold(doc)

@@ -492,3 +492,13 @@ def test_a_bad_history_is_one_line(tmp_path, change, message):
     (tmp_path / 'run' / 'gamma.json').write_text(json.dumps(doc))
     result = run_cli(tmp_path / 'run', '--threshold', '0.05')
     assert_one_line_error(result, message)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--threshold', '-1'], 'threshold must be >= 0, got -1.0'),
+    (['--threshold', 'nan'], 'threshold must be >= 0, got nan'),
+    (['--topk', '0'], '--topk must be at least 1, got 0'),
+])
+def test_an_impossible_rule_is_one_line(tmp_path, flags, message):
+    result = run_cli(write_run(tmp_path, table(both({(0, 2, 'sep_conv_3x3'): 0.9}))), *flags)
+    assert_one_line_error(result, message)
