@@ -1,8 +1,8 @@
 """Derive a cell genotype from a BayesNAS search's switch variances (gamma.json).
 
-    python derive.py RUN_DIR                   # BayesNAS rule at the search's own threshold
-    python derive.py RUN_DIR --threshold 0.05  # BayesNAS rule at another threshold
-    python derive.py RUN_DIR --topk 2          # DARTS-comparable cell, (op, input) pairs
+    python derive.py RUN_DIR                   # the search's own rule: rewrites RUN_DIR's genotype
+    python derive.py RUN_DIR --threshold 0.05  # another threshold -> RUN_DIR/derived-threshold-0.05/
+    python derive.py RUN_DIR --topk 2          # DARTS-comparable cell -> RUN_DIR/derived-topk-2/
     python derive.py RUN_DIR --topk 2 --out DIR
 
 Two rules, both applied to the effective (coupled) gamma of every switch group:
@@ -19,8 +19,17 @@ kept when its source node is alive (an input, or an intermediate node with a kep
 and dead nodes leave the concatenation. Every live node is in the concatenation, so every kept
 operation lies on a path from an input to the cell's output. A cell with no live node is an error.
 
+A threshold above the search's keeps a subset of what the search kept. One below it can only
+revive groups pruned in the search's last iteration: they count with the gamma they were pruned at
+(gamma.json's gamma_at_prune and pruned_at), under the same dependency rules; groups pruned earlier
+stay pruned, because their switches were not trained after that. Tables without those fields (older
+searches) are refused below the search's threshold rather than read as if nothing had been pruned.
+
 Writes genotype.json, genotype.py (a line that pastes into genotypes.py) and cell_normal.png,
-cell_reduce.png into RUN_DIR (or --out), and prints the literal.
+cell_reduce.png, each atomically, and prints the literal and where the files went. The search's own
+rule (no flag, or --threshold equal to the search's) writes into RUN_DIR, as search.py did; any other
+rule writes into a folder of its own, RUN_DIR/derived-threshold-T or RUN_DIR/derived-topk-K, so that
+the search's genotype is never overwritten; --out DIR overrides either.
 """
 import argparse
 import json
@@ -32,6 +41,7 @@ import genotypes
 import utils
 
 CELL_TYPES = ('normal', 'reduce')
+OUTPUTS = ('genotype.json', 'genotype.py', 'cell_normal.png', 'cell_reduce.png')
 INPUTS = (0, 1)
 
 
@@ -54,6 +64,38 @@ def load_gamma(run_dir):
     if not isinstance(doc, dict) or not isinstance(doc.get('groups'), list):
         raise utils.UserError(f'{path} is not a search gamma table: no "groups" list')
     return doc
+
+
+def row_key(index, row):
+    """The key of the index-th table row; ValueError when the row is no object with a string key."""
+    if not isinstance(row, dict) or not isinstance(row.get('key'), str):
+        raise ValueError(f'gamma table row {index} is not an object with a "key" string')
+    return row['key']
+
+
+def row_number(row, field):
+    """row[field] as a float; ValueError naming the row's key and the bad value (not the whole row,
+    which holds long member lists). Gammas are variances: NaN, infinite and negative are refused."""
+    key = row['key']
+    if field not in row:
+        raise ValueError(f'gamma table row {key!r}: "{field}" is missing')
+    value = row[field]
+    # bool is an int to Python, but true/false in a gamma column is a broken table, not 1 and 0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'gamma table row {key!r}: {field} {value!r} is not a number')
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f'gamma table row {key!r}: {field} is {value}, not a finite number >= 0')
+    return float(value)
+
+
+def _row_flag(row, field):
+    """row[field], which must be true or false; ValueError naming the row's key otherwise."""
+    key = row['key']
+    if field not in row:
+        raise ValueError(f'gamma table row {key!r}: "{field}" is missing')
+    if not isinstance(row[field], bool):
+        raise ValueError(f'gamma table row {key!r}: {field} {row[field]!r} is not true or false')
+    return row[field]
 
 
 def _position(row):
@@ -82,14 +124,9 @@ def cell_tables(rows):
     Untied searches have one row per cell for the same position: their gammas are averaged, and a
     position counts as pruned only when it is pruned in every cell."""
     collected = defaultdict(list)
-    for row in rows:
-        try:
-            gamma, pruned = float(row['gamma']), bool(row['pruned'])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f'gamma table row {row!r}: needs "key", "gamma" and "pruned"') from None
-        if math.isnan(gamma):
-            raise ValueError(f'gamma table row {row["key"]!r}: gamma is {gamma}')
-        collected[_position(row)].append((gamma, pruned))
+    for index, row in enumerate(rows):
+        row_key(index, row)
+        collected[_position(row)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned')))
     tables = {t: {} for t in CELL_TYPES}
     for (cell_type, src, dst, op), values in collected.items():
         entry = dict(gamma=sum(g for g, _ in values) / len(values), pruned=all(p for _, p in values))
@@ -153,32 +190,49 @@ def derive_cell(edges, cell_type, threshold=None, topk=None):
     return kept, concat
 
 
+def _short_nodes(kept, nodes, want=2):
+    """{node: number of kept inputs} for the nodes that keep fewer than `want`."""
+    degree = {dst: sum(1 for _, _, d in kept if d == dst) for dst in nodes}
+    return {dst: n for dst, n in degree.items() if n < want}
+
+
 def _as_pairs(kept, nodes):
     """DARTS (op, input) pairs, two per node in node order, or None when some node has not two."""
-    pairs = []
-    for dst in nodes:
-        ins = [(op, src) for op, src, d in kept if d == dst]
-        if len(ins) != 2:
-            return None
-        pairs += ins
-    return pairs
+    # No node below two and 2 * len(nodes) entries in all: exactly two for every node.
+    if _short_nodes(kept, nodes) or len(kept) != 2 * len(nodes):
+        return None
+    return [(op, src) for dst in nodes for op, src, d in kept if d == dst]
 
 
-def derive_from_table(rows, threshold=None, topk=None):
-    """Genotype from gamma-table rows (gamma.json's "groups" or HardPrior.table()): exactly one of
-    threshold (the BayesNAS rule) and topk (the DARTS-comparable rule)."""
+def _triples_note(cell_type, short):
+    nodes = ', '.join(f'node {n} has {"no" if k == 0 else k} input{"" if k == 1 else "s"}'
+                      for n, k in short.items())
+    return (f'--topk 2 wrote the {cell_type} cell as (op, from, to) triples, not DARTS (op, input) '
+            f'pairs: {nodes}')
+
+
+def _check_rule(threshold, topk):
     if (threshold is None) == (topk is None):
         raise ValueError('give exactly one of threshold and topk')
     if threshold is not None and not threshold >= 0:
         raise utils.UserError(f'threshold must be >= 0, got {threshold}')
     if topk is not None and topk < 1:
         raise utils.UserError(f'--topk must be at least 1, got {topk}')
+
+
+def derive_from_table(rows, threshold=None, topk=None, notes=None):
+    """Genotype from gamma-table rows (gamma.json's "groups" or HardPrior.table()): exactly one of
+    threshold (the BayesNAS rule) and topk (the DARTS-comparable rule). A list passed as notes
+    receives one line per cell that --topk 2 could not write as DARTS pairs."""
+    _check_rule(threshold, topk)
     tables = cell_tables(rows)
     cells = {}
     for cell_type in CELL_TYPES:
         kept, concat = derive_cell(tables[cell_type], cell_type, threshold, topk)
         nodes = sorted({dst for _, dst in tables[cell_type]})
         pairs = _as_pairs(kept, nodes) if topk == 2 else None
+        if topk == 2 and pairs is None and notes is not None:
+            notes.append(_triples_note(cell_type, _short_nodes(kept, nodes)))
         # Triples in the order of genotypes.cell_edges (node, source, op name); pairs in node order,
         # strongest input first, as DARTS writes them.
         cells[cell_type] = (pairs, nodes) if pairs else (genotypes.cell_edges(kept), concat)
@@ -186,14 +240,66 @@ def derive_from_table(rows, threshold=None, topk=None):
                               reduce=cells['reduce'][0], reduce_concat=cells['reduce'][1])
 
 
-def derive(doc, threshold=None, topk=None):
-    """Genotype from a gamma.json document; threshold defaults to the search's own."""
+def _doc_field(doc, field, check, what):
+    """doc[field] (None when absent); UserError when it is present but not `what`."""
+    value = doc.get(field)
+    if value is not None and (isinstance(value, bool) or not check(value)):
+        raise utils.UserError(f'gamma.json: {field} {value!r} is not {what}')
+    return value
+
+
+def _search_threshold(doc):
+    return _doc_field(doc, 'threshold', lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+                      'a number >= 0')
+
+
+def _last_iteration(doc):
+    return _doc_field(doc, 'iteration', lambda v: isinstance(v, int) and v >= 1, 'an iteration number')
+
+
+def _revived(index, row, last, own):
+    """The row as a threshold below the search's own sees it: a group pruned in the last iteration
+    counts with the gamma it was pruned at; one pruned earlier stays pruned, since its switches were
+    not trained after that."""
+    key = row_key(index, row)
+    if not _row_flag(row, 'pruned'):
+        return row
+    if last is None or 'gamma_at_prune' not in row or 'pruned_at' not in row:
+        raise utils.UserError(
+            f'a threshold below the search\'s own {own:g} cannot be derived from this gamma.json: it '
+            f'does not record the gammas of pruned groups (no gamma_at_prune and pruned_at, as written '
+            f'by older search.py versions); use --threshold >= {own:g} or --topk')
+    at, gamma = row['pruned_at'], row_number(row, 'gamma_at_prune')
+    if isinstance(at, bool) or not isinstance(at, int) or at < 1:
+        raise ValueError(f'gamma table row {key!r}: pruned_at {at!r} is not an iteration number')
+    return row if at != last else dict(row, gamma=gamma, pruned=False)
+
+
+def rows_at(doc, threshold):
+    """gamma.json's rows as a derivation at `threshold` sees them.
+
+    At or above the search's threshold the table is used as the search left it: every group it pruned
+    fell below that threshold or depended on one that did, so none could be kept at a higher one. Below
+    it, groups pruned in the last iteration come back with their gamma at pruning (derive_cell's
+    dependency rules still apply to them); this needs the table's gamma_at_prune and pruned_at."""
+    own = _search_threshold(doc)
+    last = _last_iteration(doc)
+    if own is None or threshold >= own:
+        return doc['groups']
+    return [_revived(index, row, last, own) for index, row in enumerate(doc['groups'])]
+
+
+def derive(doc, threshold=None, topk=None, notes=None):
+    """Genotype from a gamma.json document; threshold defaults to the search's own, and one below it
+    revives the groups pruned in the last iteration (rows_at). notes: as for derive_from_table."""
     if topk is None and threshold is None:
-        threshold = doc.get('threshold')
+        threshold = _search_threshold(doc)
         if threshold is None:
             raise utils.UserError('gamma.json records no threshold: pass --threshold or --topk')
+    _check_rule(threshold, topk)
     try:
-        return derive_from_table(doc['groups'], threshold=threshold, topk=topk)
+        rows = doc['groups'] if topk is not None else rows_at(doc, threshold)
+        return derive_from_table(rows, threshold=threshold, topk=topk, notes=notes)
     except ValueError as e:
         raise utils.UserError(str(e)) from e
 
@@ -202,14 +308,47 @@ def derive(doc, threshold=None, topk=None):
 # Outputs: genotype files and pictures
 # ----------------------------------------------------------------------------------------------------
 
-def write_genotype(genotype, out_dir, note):
-    """genotype.json and genotype.py (a comment line, then the literal); returns the literal."""
+def genotype_json(genotype):
+    """The JSON text of genotypes.save_json (same layout, so genotypes.load_json reads it back),
+    as a string, so that it can be written atomically."""
+    g = genotypes.canonical(genotype)
+    return json.dumps({field: getattr(g, field) for field in genotypes.Genotype._fields}, indent=1) + '\n'
+
+
+def _written(path, write):
+    """write(path); an OSError (disk full, no permission, a folder in the way) becomes one line."""
+    try:
+        write(path)
+    except OSError as e:
+        raise utils.UserError(f'cannot write {path}: {e.strerror or e}') from e
+
+
+def output_dir(out_dir):
+    """out_dir as a Path, created if needed; UserError when it is a file or cannot be created."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise utils.UserError(f'output directory {out_dir} exists and is not a directory')
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise utils.UserError(f'cannot create output directory {out_dir}: {e.strerror or e}') from e
+    return out_dir
+
+
+def write_genotype(genotype, out_dir, note):
+    """genotype.json and genotype.py (a comment line, then the literal), each written atomically;
+    returns the literal."""
+    out_dir = output_dir(out_dir)
     literal = genotypes.to_literal(genotype)
-    genotypes.save_json(genotype, out_dir / 'genotype.json')
-    (out_dir / 'genotype.py').write_text(f'# {note}\n{literal}\n')
+    text = genotype_json(genotype)
+    _written(out_dir / 'genotype.json', lambda p: utils.write_text_atomic(p, text))
+    _written(out_dir / 'genotype.py', lambda p: utils.write_text_atomic(p, f'# {note}\n{literal}\n'))
     return literal
+
+
+def save_figure(fig, path, dpi):
+    """The figure as a PNG, atomically, so a reader never finds a torn picture."""
+    _written(Path(path), lambda p: utils.save_figure_atomic(fig, p, dpi=dpi))
 
 
 def _figure(width, height):
@@ -218,59 +357,182 @@ def _figure(width, height):
     return Figure(figsize=(width, height))
 
 
-def _op_colors():
-    from matplotlib import colormaps
-    cmap = colormaps['tab10']
-    return {op: cmap(i) for i, op in enumerate(genotypes.CANDIDATES)}
+# A cell picture is an arc diagram: every node on one line in genotype order (0 c_{k-2}, 1 c_{k-1},
+# 2, 3, ..., then c_{k}), so an edge's arc spans exactly the nodes between its ends and never runs
+# through a node. Edges into intermediate nodes arc above the line, one arrow per edge labelled with
+# all of its operations; the dashed arcs into the output run below it, unlabelled.
+ARC_RAD, OUT_RAD = -0.6, 0.35       # matplotlib arc3 bends: negative bends a rightward arc upwards
+LABEL_FONT, NODE_FONT, TITLE_FONT = 8, 10, 11
+LABEL_PAD, NODE_PAD = 0.25, 0.35    # box padding, in units of the font size (matplotlib's convention)
+DPI = 110
+SPOTS = (0.5, 0.4, 0.6, 0.3, 0.7, 0.22, 0.78)  # where along its arc a label may sit, best first
+TITLE_INCHES = 0.45
+START_SCALE = 1.2                   # inches between neighbouring nodes in the smallest picture
+GROWTH, TRIES = 1.15, 16            # the figure grows until every label finds a clear spot
 
 
-def plot_cell(cell, concat, path, title):
-    """Draw one cell: inputs on the left, intermediate nodes in a zigzag, the output on the right;
-    one labelled arrow per operation, arcs fanned out where an edge carries several."""
-    from matplotlib.patches import FancyArrowPatch
-    edges = genotypes.cell_edges(cell)
-    nodes = sorted({dst for _, _, dst in edges} | set(concat))
-    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
-    pos.update({n: (1.0 + i, 0.7 if i % 2 == 0 else -0.7) for i, n in enumerate(nodes)})
-    out = (len(nodes) + 1.0, 0.0)
-    names = {0: 'c_{k-2}', 1: 'c_{k-1}', **{n: str(n - 2) for n in nodes}}
-    colors = _op_colors()
-    fig = _figure(2.2 + 1.6 * len(nodes), 4.2)
-    ax = fig.add_subplot()
-    ax.set_title(title)
+def short_name(op):
+    """'sep_conv_3x3' -> 'sep 3x3', 'max_pool_3x3' -> 'max 3x3', 'skip_connect' -> 'skip': short
+    enough to stack seven of them in one label."""
+    if op == 'skip_connect':
+        return 'skip'
+    words = op.split('_')
+    return ' '.join(words[:1] + [w for w in words[1:] if w not in ('conv', 'pool')])
+
+
+def _edge_labels(edges):
+    """{(src, dst): label}: the edge's operations, one short name per line, repeats counted."""
     by_edge = defaultdict(list)
     for op, src, dst in edges:
         by_edge[(src, dst)].append(op)
-    for (src, dst), ops in by_edge.items():
-        (x0, y0), (x1, y1) = pos[src], pos[dst]
-        for j, op in enumerate(ops):
-            rad = 0.22 * (j - (len(ops) - 1) / 2) + (0.12 if dst - src > 1 and src >= 2 else 0.0)
-            ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f'arc3,rad={rad}',
-                                         arrowstyle='-|>', mutation_scale=12, color=colors.get(op, 'k'),
-                                         shrinkA=14, shrinkB=14, lw=1.4))
-            # The midpoint of matplotlib's arc3 curve lies half the control offset from the chord.
-            mx, my = (x0 + x1) / 2 + rad * (y1 - y0) / 2, (y0 + y1) / 2 - rad * (x1 - x0) / 2
-            ax.text(mx, my, op, fontsize=7, ha='center', va='center', color=colors.get(op, 'k'),
-                    bbox=dict(boxstyle='round,pad=0.1', fc='white', ec='none', alpha=0.8))
+    order = {op: i for i, op in enumerate(genotypes.OPERATIONS)}
+    labels = {}
+    for edge, ops in by_edge.items():
+        counts = {op: ops.count(op) for op in sorted(set(ops), key=lambda o: (order.get(o, len(order)), o))}
+        labels[edge] = '\n'.join(short_name(op) + (f' x{n}' if n > 1 else '') for op, n in counts.items())
+    return labels
+
+
+def _arc_point(a, b, rad, t):
+    """The point at parameter t of matplotlib's arc3 curve from a to b: a quadratic Bezier whose
+    control point lies rad * |ab| to the right of the chord's midpoint. Valid in data coordinates
+    because the cell figure scales x and y alike."""
+    (x0, y0), (x1, y1) = a, b
+    cx, cy = (x0 + x1) / 2 + rad * (y1 - y0), (y0 + y1) / 2 - rad * (x1 - x0)
+    u = 1 - t
+    return u * u * x0 + 2 * u * t * cx + t * t * x1, u * u * y0 + 2 * u * t * cy + t * t * y1
+
+
+def _draw_nodes(ax, pos, fed):
+    """One boxed name per node, numbered as in the genotype; a node without operations into it
+    (dead) is dashed and grey."""
+    names = {0: '0  $c_{k-2}$', 1: '1  $c_{k-1}$', 'out': '$c_{k}$'}
+    texts = []
+    for n, (x, y) in pos.items():
+        dead = n not in fed and n not in ('out',) + INPUTS
+        face = 'lightblue' if n in INPUTS else 'palegoldenrod' if n == 'out' else 'white' if dead else 'lightgray'
+        name = f'{n}\n(dead)' if dead else names.get(n, str(n))
+        texts.append(ax.text(x, y, name, ha='center', va='center', fontsize=NODE_FONT - 2 * dead, zorder=3,
+                             color='0.5' if dead else 'k', bbox=dict(
+                                 boxstyle=f'round,pad={NODE_PAD}', fc=face, ec='0.5' if dead else 'k',
+                                 ls='--' if dead else '-')))
+    return texts
+
+
+def _draw_arcs(ax, pos, labels, concat):
+    """The arrows, coloured by source node so that a label's box matches its arc; returns the label
+    artists (placed later) with the points along their arcs where they may go."""
+    from matplotlib import colormaps
+    from matplotlib.patches import FancyArrowPatch
+    colors = colormaps['tab10']
+    items = []
+    for (src, dst), label in labels.items():
+        color = colors(src % 10)
+        ax.add_patch(FancyArrowPatch(pos[src], pos[dst], connectionstyle=f'arc3,rad={ARC_RAD}', zorder=1,
+                                     arrowstyle='-|>', mutation_scale=13, color=color, lw=1.5,
+                                     shrinkA=11, shrinkB=11))
+        text = ax.text(0, 0, label, fontsize=LABEL_FONT, ha='center', va='center', zorder=4, linespacing=1.15,
+                       bbox=dict(boxstyle=f'round,pad={LABEL_PAD}', fc='white', ec=color, lw=1.0))
+        items.append((text, [_arc_point(pos[src], pos[dst], ARC_RAD, t) for t in SPOTS]))
     for n in concat:
-        ax.add_patch(FancyArrowPatch(pos[n], out, arrowstyle='-|>', mutation_scale=10, color='0.6',
-                                     ls='--', shrinkA=14, shrinkB=14))
-    for n, (x, y) in list(pos.items()) + [('out', out)]:
-        face = 'lightblue' if n in INPUTS else 'palegoldenrod' if n == 'out' else 'lightgray'
-        ax.text(x, y, 'c_{k}' if n == 'out' else names[n], ha='center', va='center', fontsize=9,
-                bbox=dict(boxstyle='round,pad=0.4', fc=face, ec='k'))
-    ax.set_xlim(-0.6, out[0] + 0.6)
-    ax.set_ylim(-1.6, 1.6)
+        ax.add_patch(FancyArrowPatch(pos[n], pos['out'], connectionstyle=f'arc3,rad={OUT_RAD}', zorder=1,
+                                     arrowstyle='-|>', mutation_scale=11, color='0.55', ls='--', lw=1.1,
+                                     shrinkA=11, shrinkB=11))
+    # The tallest labels first: they need the roomiest spots.
+    return sorted(items, key=lambda item: -item[0].get_text().count('\n'))
+
+
+def _padded(text, renderer, pad):
+    """The display box of a text's (rounded) box: its extent grown by pad font sizes and a pixel."""
+    grow = pad * text.get_fontsize() * text.figure.dpi / 72 + 1
+    return text.get_window_extent(renderer).padded(grow)
+
+
+def _clash(box, others, bounds):
+    """How badly box sits: the area it shares with others plus the area outside bounds (pixels)."""
+    from matplotlib.transforms import Bbox
+    shared = sum(max(0, min(box.x1, o.x1) - max(box.x0, o.x0)) * max(0, min(box.y1, o.y1) - max(box.y0, o.y0))
+                 for o in others)
+    inside = Bbox.intersection(box, bounds)
+    return shared + box.width * box.height - (inside.width * inside.height if inside else 0)
+
+
+def _place_labels(ax, renderer, items, obstacles):
+    """Move every label to its first spot clear of the obstacles and of the labels placed before it
+    (else to its least bad spot); True when every label found a clear one."""
+    placed, clear = list(obstacles), True
+    for text, spots in items:
+        best = None
+        for spot in spots:
+            text.set_position(spot)
+            box = _padded(text, renderer, LABEL_PAD)
+            cost = _clash(box, placed, ax.bbox)
+            if best is None or cost < best[0]:
+                best = (cost, spot, box)
+            if cost == 0:
+                break
+        text.set_position(best[1])
+        placed.append(best[2])
+        clear = clear and best[0] == 0
+    return clear
+
+
+def _fit(fig, ax, pos, labels, concat, scale):
+    """Size the figure at `scale` inches per node spacing, x and y alike (so arcs keep their shape),
+    with room above the highest arc for half the tallest label."""
+    out_x = pos['out'][0]
+    lowest = max([OUT_RAD * (out_x - pos[n][0]) / 2 for n in concat], default=0)
+    tallest = max(label.count('\n') + 1 for label in labels.values())
+    label_half = (tallest * 1.15 * LABEL_FONT + 2 * LABEL_PAD * LABEL_FONT) / 72 / 2 / scale
+    top = max(-ARC_RAD * (dst - src) / 2 for src, dst in labels) + label_half + 0.15
+    bottom = -(lowest + 0.3)
+    x0, x1 = -0.65, out_x + 0.65
+    width, height = (x1 - x0) * scale, (top - bottom) * scale
+    fig.set_size_inches(width, height + TITLE_INCHES)
+    ax.set_position([0, 0, 1, height / (height + TITLE_INCHES)])
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(bottom, top)
+
+
+def plot_cell(cell, concat, path, title):
+    """Draw one cell (DARTS pairs or triples) and save it to path (None: do not save); returns the
+    Figure. One arrow per edge, labelled with all of its operations; nodes numbered as in the
+    genotype; the figure grows with its labels until none overlaps another or a node."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import ScaledTranslation
+    edges = genotypes.cell_edges(cell)
+    fed = {dst for _, _, dst in edges}
+    last = max(fed | set(concat))
+    pos = {**{n: (float(n), 0.0) for n in range(last + 1)}, 'out': (last + 1.0, 0.0)}
+    labels = _edge_labels(edges)
+    fig = Figure(dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes([0, 0, 1, 1])
     ax.axis('off')
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    below_top = ScaledTranslation(0, -0.08, fig.dpi_scale_trans)
+    fig.text(0.5, 1, f'{title}: {len(edges)} operation{"s" * (len(edges) != 1)} on {len(labels)} '
+             f'edge{"s" * (len(labels) != 1)}', ha='center', va='top', fontsize=TITLE_FONT,
+             transform=fig.transFigure + below_top)
+    nodes = _draw_nodes(ax, pos, fed)
+    items = _draw_arcs(ax, pos, labels, concat)
+    scale = START_SCALE
+    for _ in range(TRIES):
+        _fit(fig, ax, pos, labels, concat, scale)
+        renderer = fig.canvas.get_renderer()
+        if _place_labels(ax, renderer, items, [_padded(t, renderer, NODE_PAD) for t in nodes]):
+            break
+        scale *= GROWTH
+    if path is not None:
+        save_figure(fig, path, dpi=DPI)
+    return fig
 
 
 def plot_genotype(genotype, out_dir):
-    """cell_normal.png and cell_reduce.png in out_dir."""
-    for cell_type in CELL_TYPES:
-        plot_cell(getattr(genotype, cell_type), getattr(genotype, f'{cell_type}_concat'),
-                  Path(out_dir) / f'cell_{cell_type}.png', f'{cell_type} cell')
+    """cell_normal.png and cell_reduce.png in out_dir; returns their Figures by cell type."""
+    return {cell_type: plot_cell(getattr(genotype, cell_type), getattr(genotype, f'{cell_type}_concat'),
+                                 Path(out_dir) / f'cell_{cell_type}.png', f'{cell_type} cell')
+            for cell_type in CELL_TYPES}
 
 
 def plot_gamma(rows, path, threshold=None):
@@ -298,15 +560,23 @@ def plot_gamma(rows, path, threshold=None):
         ax.set_title(f'{cell_type}: log10 gamma' + (f' (threshold {threshold:g})' if threshold else ''))
         fig.colorbar(image, ax=ax, fraction=0.05)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description='Derive a genotype from a BayesNAS search run.')
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one UserError line, not usage text and exit."""
+
+    def error(self, message):
+        raise utils.UserError(f'{message} (see python derive.py --help)')
+
+
+def build_parser():
+    # No abbreviations: '--top 2' must not silently mean '--topk 2'.
+    parser = Parser(description='Derive a genotype from a BayesNAS search run.', allow_abbrev=False)
     parser.add_argument('run_dir', help='directory of a search run (holds gamma.json)')
     rule = parser.add_mutually_exclusive_group()
     rule.add_argument('--threshold', type=float, default=None,
@@ -314,16 +584,34 @@ def main(argv=None):
     rule.add_argument('--topk', type=int, default=None,
                       help='keep the K strongest incoming edges per node, strongest op per edge')
     parser.add_argument('--out', default=None, help='output directory (default: RUN_DIR)')
-    args = parser.parse_args(argv)
+    return parser
 
+
+def default_out(run_dir, doc, threshold, topk):
+    """Where a derivation goes without --out: the search's own rule rewrites the run's own files, any
+    other rule gets a folder of its own, so that it never overwrites the search's genotype."""
+    if topk is not None:
+        return Path(run_dir) / f'derived-topk-{topk:g}'
+    if threshold is not None and threshold != doc.get('threshold'):
+        return Path(run_dir) / f'derived-threshold-{threshold:g}'
+    return Path(run_dir)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     doc = load_gamma(args.run_dir)
-    genotype = derive(doc, threshold=args.threshold, topk=args.topk)
+    notes = []
+    genotype = derive(doc, threshold=args.threshold, topk=args.topk, notes=notes)
     rule_text = (f'topk {args.topk}' if args.topk is not None
                  else f'threshold {args.threshold if args.threshold is not None else doc["threshold"]:g}')
-    out_dir = Path(args.out or args.run_dir)
+    out_dir = output_dir(args.out or default_out(args.run_dir, doc, args.threshold, args.topk))
     literal = write_genotype(genotype, out_dir, f'derived from {args.run_dir} by {rule_text}')
     plot_genotype(genotype, out_dir)
+    # The literal first, then comment lines: the whole of stdout still pastes into genotypes.py.
     print(literal)
+    for note in notes:
+        print(f'# note: {note}')
+    print(f'# wrote {", ".join(OUTPUTS)} to {out_dir}')
     return genotype
 
 
