@@ -3,41 +3,47 @@
     python search.py --gpu 0                                 # the default search (lambda 0.005)
     python search.py --lambda 0.01 --save runs/search-l01    # a sparser cell
     python search.py --save runs/search-l01 --resume         # continue an interrupted search
-    python derive.py runs/search-l01 --threshold 0.2         # re-derive the cell afterwards
+    python derive.py runs/search-l01 --topk 2                # a DARTS-comparable cell afterwards
 
-The protocol (the paper's where it states one):
+The protocol (the paper's Algorithm 1 where it states one):
   1. warm-up: --warmup_epochs epochs of ordinary training of the weights (switches frozen at 1) on
      the first --warmup_portion of the (shuffled) training set, with cutout;
   2. --iterations times: one epoch of joint training of weights and switches on the rest of the
      training set, minimising cross-entropy + lambda * sum_g omega_g ||w_g|| (the HARD prior's
      re-weighted group penalty), then the curvature of the loss w.r.t. every switch (--hessian, on
-     --hessian_batches batches of the same part, without augmentation, in eval mode), the Laplace
-     update of gamma and omega with the HARD couplings, and pruning of every switch group whose
-     effective gamma falls below --threshold (its ops are no longer computed);
+     --hessian_batches batches of the same part, without augmentation, in eval mode), the update of
+     gamma and omega with the HARD couplings, and pruning of every switch group whose effective
+     gamma is 0 or below --threshold (its ops are no longer computed);
   3. derivation: every op that survived, where it lies on a path from an input to the output
-     (derive.py), printed as a Python literal for genotypes.py.
+     (derive.py), printed as a Python literal for genotypes.py. A cell the threshold would leave
+     empty keeps its single most relevant operation, and the log says so.
 The weights train with SGD, momentum 0.9, a fixed learning rate 0.1 and weight decay 1e-4, as in the
 paper. The prior starts at gamma = omega = 1. The two parts of the training set are disjoint and the
 test set is never read.
 
-Two choices differ from the paper's code, both measured (README, "Design notes" and "Results"):
+Where it departs from the paper's code, and why (README, "Design notes", has the measurements):
+  * The update (--update evidence, the default). Each group's gamma is the one that maximises the
+    Laplace evidence: with the loss near the trained switches taken as a Gaussian of precision h/lambda,
+    a one-switch group keeps gamma = w^2 - lambda/h when h w^2 > lambda and is pruned otherwise. So
+    a switch survives when the loss it is worth (to second order, h w^2 / 2) exceeds lambda / 2: the
+    curvature and the switch value decide together, and lambda is a loss scale. The decision does not
+    move along the directions in which BatchNorm makes the loss blind to a switch's scale (w -> a w
+    scales h by 1/a^2). The paper's update, gamma = ||w|| / omega with omega from gamma = 1
+    (--update reweight), can only raise gamma where the curvature is small, so one iteration prunes
+    what the penalty drove to zero or what is small in magnitude.
   * The switches train with proximal Adam (hessian.ProxAdam, --switch_lr): Adam on the loss and the
-    penalty as a group soft-threshold of the same per-switch step. A group then stops where the loss
-    holds it against lambda * omega, or at exactly 0 - within one epoch. With SGD at 0.1 and the
-    penalty in the loss, the switch epoch of a 5-cell supernet on the CIFAR-10 subset (145 steps)
-    left 90 % of the op switches between 0.47 and 0.66 and none at 0: nothing was decided.
-  * The default curvature is the Monte-Carlo Fisher, not the layer-wise recursion. A scalar switch
-    scales a whole feature map, so its curvature is a squared sum over the map; the diagonal
-    recursion keeps only the sum of squares. bench.py measures it at a median 0.0019 of the exact GGN
-    diagonal on a 3-cell supernet and 7e-7 on the default 8-cell one (Spearman 0.79 and 0.34), which
-    makes lambda meaningless.
-    Fisher is unbiased for the GGN diagonal, ranks switches as it does (Spearman > 0.99) and costs
-    about one backward pass. '--hessian recursive' and '--hessian ggn' remain available.
+    penalty as a group soft-threshold of the same per-switch step, so a group the loss does not
+    hold reaches exactly 0 within the epoch instead of hovering around it.
+  * The default curvature is the Monte-Carlo Fisher, unbiased for the GGN diagonal; the paper's
+    layer-wise recursion ('--hessian recursive') misses the cross terms of the global average pool
+    and is orders of magnitude below it on this network. '--hessian constant' replaces every
+    switch's curvature by their mean: the ablation in which the decision rests on magnitudes alone.
 
 Run directory (--save, default runs/search-TIME): log.txt, args.json, metrics.jsonl, checkpoint.pt
 (atomic, every --checkpoint_freq steps and after every phase; --resume continues exactly), gamma.json
-(gamma, omega, curvature, posterior variance and switch values of every group by cell type, edge and
-op), gamma.png (heat map of gamma per edge and op), curves.png, and after the last iteration
+(per switch group by cell type, edge and op: gamma, omega, curvature per member, posterior variance,
+switch values, relevance = sum h w^2 / lambda, and for pruned groups the gamma and iteration at which
+they went), gamma.png (heat map of gamma per edge and op), curves.png, and after the last iteration
 genotype.json, genotype.py, cell_normal.png and cell_reduce.png.
 """
 import argparse
@@ -117,8 +123,9 @@ def build_parser():
                    'warm-up; the switches train on the rest (0.1, as the paper)')
     p.add_argument('--iterations', type=int, default=1, help='joint epoch + curvature + update + prune '
                    'rounds (paper: 1)')
-    p.add_argument('--threshold', type=float, default=0.1, help='prune switch groups whose effective '
-                   'gamma falls below this (0.1)')
+    p.add_argument('--threshold', type=float, default=0.0, help='also prune switch groups whose effective '
+                   'gamma falls below this (default 0: a group goes when its gamma is 0, which the evidence '
+                   'update decides)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: cuda:0 if present, '
                    'else the CPU)')
@@ -343,7 +350,9 @@ class Search:
             torch.cuda.synchronize(self.device)
         seconds = time.time() - tic
         self.prior.update(curv, rule=args.update)
-        self.relevance = relevance(gamma_rows(self.model, self.prior))      # before pruning zeroes w
+        before = gamma_rows(self.model, self.prior)                         # before pruning zeroes w
+        self.relevance = relevance(before)
+        self.norm_at_update = {r['key']: r['norm'] for r in before}
         newly = self.prior.prune(args.threshold)
         live = live_ops(gamma_rows(self.model, self.prior))
         summary = dict(iteration=iteration + 1, curvature_s=seconds, pruned=len(newly),
@@ -409,7 +418,7 @@ def write_gamma(search, iteration):
     lam_origin, lam_child = lambdas(args)
     rows = gamma_rows(search.model, search.prior)
     for row in rows:
-        row['relevance'] = search.relevance[row['key']]
+        row.update(relevance=search.relevance[row['key']], norm_at_update=search.norm_at_update[row['key']])
     doc = dict(threshold=args.threshold, lambda_origin=lam_origin, lambda_child=lam_child,
                hessian=args.hessian, update=args.update, iteration=iteration + 1, tied=not args.untie, groups=rows)
     if iteration + 1 == args.iterations:

@@ -992,3 +992,35 @@ def test_prox_adam_step_equals_a_per_entry_reference():
             torch.testing.assert_close(got, w * shrink, rtol=1e-10, atol=1e-15, msg=key)
     pruned = [k for k in prior.keys if bool(prior.pruned[prior.index[k]])]
     assert pruned and all(m.s.detach().flatten()[i].item() == 0 for k in pruned for m, i in members(model, k))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Where the recursion's scale gap comes from
+# ----------------------------------------------------------------------------------------------------
+
+def chain(size, head):
+    """conv - BN - ReLU - per-filter switch - head, with the head a global average pool or a flatten."""
+    pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)] if head == 'pool' else \
+        [nn.Flatten(), nn.Linear(8 * size * size, 10)]
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         Switch((8, 1, 1)), *pool).double()
+
+
+def recursive_over_ggn(size, head):
+    torch.manual_seed(0)
+    net = chain(size, head)
+    x = torch.randn(64, 3, size, size, dtype=torch.float64)
+    net(x)                                                  # running statistics of this batch
+    r, g = (next(iter(switch_curvature(net, [x], m).values())) for m in ('recursive', 'ggn'))
+    return float((r / g).median())
+
+
+def test_the_recursion_loses_the_cross_terms_of_a_global_average_pool():
+    """A switch scales a whole map. Behind a flatten and a linear layer the cross terms between
+    positions cancel and the diagonal recursion matches the GGN diagonal; behind a global average
+    pool every pair of positions adds alike, so the diagonal keeps about 1/area of the sum."""
+    for size in (8, 16):
+        assert 0.8 < recursive_over_ggn(size, 'flatten') < 1.25
+    ratios = [recursive_over_ggn(size, 'pool') for size in (8, 16, 32)]
+    assert ratios[0] < 0.1 and ratios[2] < 0.01
+    assert ratios[0] > 3 * ratios[1] > 9 * ratios[2] > 0          # about 1/area: 4x per doubling

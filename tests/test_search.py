@@ -238,3 +238,22 @@ def test_the_curvature_decides_what_is_pruned(data, tmp_path):
     # exactly when h w^2 > lambda, that is relevance > 1, before the couplings.
     normal = [r for r in op_rows(own) if r['cell_type'] == 'normal' and abs(r['relevance'] - 1) > 1e-6]
     assert normal and all((r['gamma_raw'] > 0) == (r['relevance'] > 1) for r in normal)
+
+
+def test_a_search_that_would_empty_a_cell_ends_with_its_most_relevant_op(data, tmp_path):
+    save = tmp_path / 'run'
+    result = run_search(data, save, '--lambda', '50')
+    log = (save / 'log.txt').read_text()
+    assert 'would be empty' in log and 'most relevant operation' in log
+    doc = derive.load_gamma(save)
+    for cell_type in ('normal', 'reduce'):
+        kept = genotypes.cell_edges(getattr(result['genotype'], cell_type))
+        assert kept, cell_type
+        rescued = [r for r in op_rows(doc) if r.get('rescued') and r['cell_type'] == cell_type]
+        if rescued:              # the one op kept is the most relevant of those the update pruned
+            (row,) = rescued
+            assert kept == [(row['op'], row['src'], row['dst'])]
+            rivals = [r for r in op_rows(doc) if r['cell_type'] == cell_type and r['src'] < 2 and r['pruned']]
+            assert all(r['relevance'] <= row['relevance'] for r in rivals)
+    # derive.py at the search's own rule gives the same cell back.
+    assert derive.derive(doc) == result['genotype']
