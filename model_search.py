@@ -52,10 +52,14 @@ class Edge(nn.Module):
         self.src, self.dst, self.names = src, dst, list(names)
         ops = []
         for name in self.names:
-            # Search ops have no BN affine parameters (they would fight the switches over the scale);
-            # pooling gets a BN so that its output is on the same scale as the convolutions'.
+            # Search ops have no BN affine parameters (they would fight the switches over the scale).
+            # Pooling and the identity get a BN so that every candidate's output is on the scale of
+            # the convolutions': the switches alone then set the scale of what an edge adds. An
+            # identity would otherwise pass on the sum of all the ops into its source node, its
+            # curvature would grow with that sum, and skip connections between intermediate nodes
+            # would survive for their position rather than their use.
             op = OPS[name](C, stride, not switches)
-            if switches and 'pool' in name:
+            if switches and ('pool' in name or (name == 'skip_connect' and stride == 1)):
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             ops.append(op)
         self.ops = nn.ModuleList(ops)

@@ -1,6 +1,6 @@
 """BayesNAS search on CIFAR-10: train the switch-augmented supernet, then prune it with HARD priors.
 
-    python search.py --gpu 0                                 # the default search (lambda 0.005)
+    python search.py --gpu 0                                 # the default search (lambda 0.002)
     python search.py --lambda 0.01 --save runs/search-l01    # a sparser cell
     python search.py --save runs/search-l01 --resume         # continue an interrupted search
     python derive.py runs/search-l01 --topk 2                # a DARTS-comparable cell afterwards
@@ -100,8 +100,8 @@ def build_parser():
     p.add_argument('--cutout', action=argparse.BooleanOptionalAction, default=True,
                    help='cutout during the warm-up, as in the paper (default: on)')
     p.add_argument('--cutout_length', type=int, default=16, help='cutout square side (16)')
-    p.add_argument('--lambda', dest='lam', type=float, default=0.005, help='temperature lambda of all '
-                   'switches: larger is sparser (paper: 0.01, 0.007, 0.005; default 0.005)')
+    p.add_argument('--lambda', dest='lam', type=float, default=0.002, help='temperature lambda of all '
+                   'switches, a loss scale: larger is sparser (default 0.002, see README)')
     p.add_argument('--lambda_origin', type=float, default=None, help='lambda of the edge (parent) '
                    'switches (default: --lambda)')
     p.add_argument('--lambda_child', type=float, default=None, help='lambda of the op (child) switches '

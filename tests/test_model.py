@@ -128,17 +128,19 @@ def test_supernet_forward_backward_reaches_every_parameter():
     assert len(switches) + len(weights) == len(list(net.parameters()))
 
 
-def test_search_ops_have_no_affine_parameters_and_pools_get_a_batchnorm():
+def test_search_ops_have_no_affine_parameters_and_pools_and_identities_get_a_batchnorm():
     edge = edge_of(supernet(), 0, 0, 2)
     assert edge.names == genotypes.CANDIDATES
     for name, op in zip(edge.names, edge.ops):
         bns = [m for m in op.modules() if isinstance(m, nn.BatchNorm2d)]
-        if name == 'skip_connect':          # stride 1: the identity, nothing to normalise
-            assert isinstance(op, nn.Identity)
-            continue
         assert bns and all(not bn.affine for bn in bns), name
-        if 'pool' in name:
+        if 'pool' in name or name == 'skip_connect':      # stride 1: the identity, then a BN
             assert isinstance(op[-1], nn.BatchNorm2d)
+        if name == 'skip_connect':
+            assert isinstance(op[0], nn.Identity)
+    # Retrained networks keep DARTS's bare identity (drop-path leaves it alone).
+    plain = Edge(['skip_connect'], 0, 2, 4, 1, switches=False)
+    assert isinstance(plain.ops[0], nn.Identity)
 
 
 def test_switch_info_names_and_keys():
