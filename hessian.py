@@ -19,7 +19,9 @@ Self-contained (imports only torch): copy it into any PyTorch CNN.
           'recursive'  the BayesNAS layer-wise recursion (Becker & LeCun style): a diagonal curvature
                        P is propagated backwards through squared layer coefficients, dropping
                        off-diagonal terms. Run as one backward pass through the network's "squared
-                       twin" (see _Twin), at about the cost of a training step.
+                       twin" (see the section below), at about the cost of a training step. Behind a
+                       global average pool it drops the cross terms between positions, so on networks
+                       that pool it is far below 'ggn' in scale (README, "Design notes").
 
     update_group(w, h, gamma, lam) -> (gamma_new, omega, cov)
         The Laplace / re-weighting update of one group (members w, curvatures h).
@@ -40,8 +42,14 @@ The update (per group g with members c, prior variance gamma, temperature lam):
     omega² = sum_c h_c / (lam + gamma h_c)           re-weighting of the group-l1 penalty
     gamma  = ||w_g||_2 / omega
 
+or, with update(curv, rule='evidence'), gamma maximises the Laplace evidence of the group,
+prod_c N(w_c; 0, gamma + lam / h_c) (type-II maximum likelihood, as in ARD/sparse Bayesian learning;
+see _evidence): a one-member group keeps gamma = w^2 - lam/h when h w^2 > lam and goes to 0 otherwise,
+so the curvature takes part in every pruning decision; omega and C then follow from that gamma.
+
 then the HARD couplings (a child's variance cannot exceed its parent's; an edge's cannot exceed the
 variance flowing into the node it leaves): gamma_child <- 1/(1/gamma_child + 1/gamma_parent).
+prune(threshold) removes every group whose coupled gamma is 0 or below the threshold.
 
 Numerical floors: omega is floored at OMEGA_FLOOR, so a group whose members have zero curvature (the
 loss does not depend on them) gets a huge but finite gamma = ||w||/OMEGA_FLOOR when w != 0, and exactly
@@ -722,9 +730,10 @@ class HardPrior:
 
     def table(self):
         """One row per group: key, gamma (effective), gamma_raw, omega, norm, curvature (mean over
-        members), curvatures (each member's, in the order of members), posterior variance (mean), lam, pruned, gamma_at_prune (the effective gamma when it
-        was pruned; gamma while alive), pruned_at (the prune() call that pruned it, None while alive),
-        members [(switch name, flat index)]."""
+        members), curvatures (each member's, in the order of members), cov (posterior variance,
+        mean), lam, pruned, gamma_at_prune (the effective gamma when it was pruned; gamma while
+        alive), pruned_at (the prune() call that pruned it, None while alive), members [(switch
+        name, flat index)]."""
         with torch.no_grad():
             norm = self.norms()
         n = torch.zeros(len(self.keys), dtype=self.h.dtype, device=self.h.device).index_add(0, self.gid, torch.ones_like(self.h))
