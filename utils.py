@@ -531,15 +531,16 @@ class RunDir:
 
     def __init__(self, path, args=None, resume=False, rewind=None, flag='--save'):
         self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
+        # A file where the directory or one of its parents should be: mkdir would raise.
+        blocking = next((p for p in (self.path, *self.path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking == self.path:
             raise UserError(f'{flag} {self.path} is a file, not a run directory; choose another {flag}')
+        if blocking is not None:
+            raise UserError(f'{flag} {self.path}: {blocking} is a file, not a directory')
         if not resume and any(self.path.glob('*.pt')):
             raise UserError(f'{self.path} already holds a run with a checkpoint; pass --resume to '
                             f'continue it or choose another {flag} directory')
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as e:     # a file where a parent should be
-            raise UserError(f'{flag} {self.path}: {e.filename} is a file, not a directory') from e
+        self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)
         if rewind:
             self.rewind(rewind)
@@ -559,13 +560,19 @@ class RunDir:
     def log(self, msg):
         line = time.strftime('%Y-%m-%d %H:%M:%S ') + str(msg)
         print(line, flush=True)
-        with open(self.file('log.txt'), 'a') as f:
-            f.write(line + '\n')
+        self._append('log.txt', line + '\n')
 
     def metric(self, **values):
         record = {'time': time.time(), **values}
-        with open(self.file('metrics.jsonl'), 'a') as f:
-            f.write(json.dumps(record, default=_json_default) + '\n')
+        self._append('metrics.jsonl', json.dumps(record, default=_json_default) + '\n')
+
+    def _append(self, name, text):
+        try:
+            with open(self.file(name), 'a') as f:
+                f.write(text)
+        except OSError as e:        # a full disk shows only when the buffer is written: name the file
+            e.filename = e.filename or str(self.file(name))
+            raise
 
     def sizes(self):
         """{file: bytes} of the files runs append to, for a checkpoint: what rewind() goes back to."""
