@@ -72,10 +72,8 @@ on the MNIST subset):
     matters little, because nearly every unit is pruned by the proximal step (above), not by the
     curvature: at the default lambda, fisher, ggn and the paper's recursion (--hessian recursive,
     the default of earlier versions) gave the same compression and error within run-to-run noise
-    (lenet300: fisher 4.4-4.6x fewer parameters at 6.37-6.53 % error in two runs with different
-    random streams, ggn 4.5x at 6.45 %, recursive 3.9x at 6.11 %; lenet5: fisher 15.3-18.2x at
-    2.55-2.70 %, recursive 17.0x at 2.86 %). One default for both scripts keeps lambda meaning the
-    same in both; on the supernet the recursion is far off the GGN's scale (search.py).
+    (the README's Compression table). One default for both scripts keeps lambda meaning the same
+    in both; on the supernet the recursion is far off the GGN's scale (search.py).
 Measured on the MNIST subset (test error on the full 10,000-image test set; CPU, PyTorch 2.14):
     model     lambda  units (BayesNAS = magnitude)     params   MACs   error %: dense / BayesNAS / magnitude
     lenet300  1e-3    784-300-100 -> 305-154-66          4.6x   4.6x   6.09 / 6.37 / 6.21    (default run)

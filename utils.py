@@ -66,7 +66,9 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f'{message} (see python {self.prog} --help)')
 
     def parse(self, argv=None):
-        """(namespace with every default, {dest: value} of the flags given on the command line)."""
+        """(namespace with every default, {dest: value} of the flags given on the command line).
+        For store-style actions (store, store_true, BooleanOptionalAction), which are all the
+        scripts use; an append or count action would need its own marker."""
         # argparse leaves attributes already in the namespace alone: a marker that survives
         # parsing is a flag that was not given.
         unset = object()
