@@ -371,9 +371,12 @@ def main(argv=None):
             show_curvature(report[key])
         report['seconds'] = time.perf_counter() - t0
         out.write_text(json.dumps(report, indent=2) + '\n')      # what is measured is kept
-    if report['curvature'] and not args.quick:       # a projection from the quick toy sizes means nothing
+    if report['curvature']:
         report['projection'] = project(report, cfg)
         say()
+        if args.quick:      # the toy network's rates: it checks the arithmetic, it predicts nothing
+            say(f"projection from the --quick sizes ({cfg['layers']} cells, {cfg['C']} channels), "
+                f"not from the default network:")
         show_projection(report['projection'])
     out.write_text(json.dumps(report, indent=2) + '\n')
     say(f'\nwrote {args.out} ({report["seconds"]:.0f} s)')

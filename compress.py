@@ -68,28 +68,39 @@ on the MNIST subset):
   * Fine-tuning starts by folding every switch into the weights it scales (fold_switches), so that
     it trains the exported network itself: a unit whose switch had shrunk to 0.05 would otherwise
     learn 400 times slower than its neighbours.
+  * The curvature is the Monte-Carlo Fisher (--hessian fisher), as in search.py. Here the choice
+    matters little, because nearly every unit is pruned by the proximal step (above), not by the
+    curvature: at the default lambda, fisher, ggn and the paper's recursion (--hessian recursive,
+    the default of earlier versions) gave the same compression and error within run-to-run noise
+    (the README's Compression table). One default for both scripts keeps lambda meaning the same
+    in both; on the supernet the recursion is far off the GGN's scale (search.py).
 Measured on the MNIST subset (test error on the full 10,000-image test set; CPU, PyTorch 2.14):
     model     lambda  units (BayesNAS = magnitude)     params   MACs   error %: dense / BayesNAS / magnitude
-    lenet300  1e-3    784-300-100 -> 336-172-58          3.9x   3.9x   6.09 / 6.11 / 6.22    (default run)
+    lenet300  1e-3    784-300-100 -> 305-154-66          4.6x   4.6x   6.09 / 6.37 / 6.21    (default run)
+    lenet5    1e-3    20-50-800-500 -> 19-18-168-107    15.3x   2.7x   2.55 / 2.55 / 3.21    (default run)
+  with --hessian recursive:
+    lenet300  1e-3    784-300-100 -> 336-172-58          3.9x   3.9x   6.09 / 6.11 / 6.22
     lenet300  2e-3    784-300-100 -> 267-133-51          6.2x   6.2x   6.10 / 6.64 / 6.42    (*)
     lenet300  3e-3    784-300-100 -> 224-113-46          8.6x   8.6x   6.10 / 6.76 / 6.69    (*)
     lenet300  1e-2    784-300-100 -> 86-30-28           70.8x  71.9x   6.10 / 10.58 / 10.96  (*)
-    lenet5    1e-3    20-50-800-500 -> 19-18-181-85     17.0x   2.7x   2.55 / 2.86 / 3.16    (default run)
+    lenet5    1e-3    20-50-800-500 -> 19-18-181-85     17.0x   2.7x   2.55 / 2.86 / 3.16
     lenet5    2e-3    20-50-800-500 -> 18-18-140-58     24.8x   2.9x   2.55 / 3.08 / 3.24    (*)
     lenet5    3e-3    20-50-800-500 -> 17-17-94-45      34.7x   3.2x   2.55 / 3.14 / 3.66    (*)
     (*) --pretrained with a dense model of an earlier run, one CPU thread. The default runs take
-    12 s (lenet300) and 2 min (lenet5) on one CPU thread. Given BayesNAS's units per layer, pruning by
+    12 s (lenet300) and 1 min 12 s (lenet5) on one CPU thread. Given BayesNAS's units per layer, pruning by
     weight norm and fine-tuning as long ends between 0.2 point better and 0.1 point worse on
-    LeNet-300-100, and 0.2 to 0.5 points worse on LeNet-5 (run-to-run noise is about 0.4 point). vgg16 on the CIFAR-10
-    subset (5170 images; --epochs 30 --finetune_epochs 10, one GPU, about a minute): lambda 1e-3 gives 7.4x fewer parameters and 2.0x
+    LeNet-300-100, and 0.2 to 0.7 points worse on LeNet-5 (run-to-run noise is about 0.4 point). vgg16 on the CIFAR-10
+    subset (5170 images; --epochs 30 --finetune_epochs 10, one GPU, about a minute, --hessian recursive): lambda 1e-3 gives 7.4x fewer parameters and 2.0x
     fewer MACs (BayesNAS and magnitude both 28.0% error), 3e-3 51x and 4.4x (32.3% and 37.8%); the
     dense network there, trained for fewer epochs than the pruned ones, is no fair reference.
 Other defaults: --epochs 10 dense epochs, --iterations 3 of --epochs_per_iteration 2,
---finetune_epochs 6, --batch_size 64, --hessian recursive on --hessian_batches 20. --data defaults to
+--finetune_epochs 6, --batch_size 64, --hessian fisher on --hessian_batches 20. --data defaults to
 ../shared/data/mnist-subset (MNIST models) or ../shared/data/cifar10-subset (vgg16), relative to the
 working directory; MNIST is read through torchvision (root holding MNIST/raw), CIFAR-10 from its
 python pickles. Resume an interrupted run with the same --save and --resume: it continues from the
-last completed epoch and reaches the same result (the run's own arguments are kept).
+last completed epoch and reaches the same result. It takes every flag the run was started with
+unless given again; --data, --gpu and --report_freq may change, any other flag given with another
+value is refused.
 
 Run directory: log.txt, args.json, metrics.jsonl (one line per epoch and per pruning step),
 checkpoint.pt (after every epoch and phase), dense_model.pt (the dense weights; pass it to
@@ -609,13 +620,13 @@ class Compression:
     self.st holds everything that changes as the run goes (phase, epoch, optimiser states, the dense
     weights, results); with the model, prior, baseline and RNG states it is the checkpoint."""
 
-    def __init__(self, args, run, device, data):
+    def __init__(self, args, run, device, data, dense=None):
         self.args, self.run, self.data = args, run, data
         self.data_spec = DATASETS[MODELS[args.model]['data']]
         utils.set_seed(args.seed)
         self.plain, self.model = build(args.model)
-        if args.pretrained:
-            load_dense(self.plain, args.pretrained, args.model)
+        if dense is not None:           # --pretrained, read and checked by read_dense
+            self.plain.load_state_dict(dense)
         self.model.to(device)
         self.prior = HardPrior(self.model, args.lam)
         self.baseline = build(args.model)[1].to(device) if args.compare == 'magnitude' else None
@@ -635,7 +646,9 @@ class Compression:
         return self.st['elapsed'] + time.time() - self.t0
 
     def save(self):
-        st = dict(self.st, elapsed=self.elapsed(), script='compress', args=vars(self.args),
+        # run_files: how far log.txt and metrics.jsonl were written, for a resumed run to rewind to.
+        st = dict(self.st, elapsed=self.elapsed(), kind='compress', run_files=self.run.sizes(),
+                  args=vars(self.args),
                   model=self.model.state_dict(), prior=self.prior.state_dict(), rng=utils.get_rng_state(),
                   baseline=self.baseline.state_dict() if self.baseline is not None else None)
         utils.save_checkpoint(st, self.run.file('checkpoint.pt'))
@@ -784,16 +797,25 @@ class Compression:
                  f'physically pruned {res["error_magnitude_pruned"]:.2f}%')
 
 
-def load_dense(plain, path, name):
-    """Load the dense weights written by an earlier run (its dense_model.pt) into `plain`."""
+def read_dense(path, name):
+    """The dense weights of model `name` in an earlier run's dense_model.pt (--pretrained), checked
+    to fit the model; read before the run directory exists, so that a wrong file leaves nothing."""
     state = utils.load_checkpoint(path)
     if state.get('model') != name or 'state_dict' not in state:
         raise utils.UserError(f'--pretrained {path} is not a dense {name} model written by compress.py '
-                              f'(it holds {state.get("model", "something else")!r})')
-    try:
-        plain.load_state_dict(state['state_dict'])
-    except RuntimeError as e:
-        raise utils.UserError(f'--pretrained {path} does not fit {name}: {" ".join(str(e).split())}') from e
+                              f'(it holds {_contents(state)})')
+    problem = utils.state_dict_mismatch(build(name)[0], state['state_dict'])
+    if problem:
+        raise utils.UserError(f'--pretrained {path} does not fit {name}: {problem}')
+    return state['state_dict']
+
+
+def _contents(state):
+    """A few words on what a checkpoint holds (never its tensors)."""
+    if isinstance(state.get('model'), str):
+        return f'a {state["model"]} model'
+    kind = utils.checkpoint_kind(state)
+    return f'a checkpoint of {kind}.py' if kind else 'something else'
 
 
 def load_data(root, dataset, device):
@@ -841,7 +863,7 @@ def make_report(comp):
                        magnitude_before_finetune=res['error_magnitude_before_finetune']))),
         iterations=res.get('iterations', []),
         wall_time_s=comp.elapsed())
-    run.file('report.json').write_text(json.dumps(report, indent=2) + '\n')
+    utils.write_text_atomic(run.file('report.json'), json.dumps(report, indent=2) + '\n')
     for line in report_lines(report):
         run.log(line)
     plot_units(report, run.file('units.png'))
@@ -900,7 +922,7 @@ def plot_units(report, path):
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    utils.save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -945,7 +967,7 @@ def plot_curves(metrics_path, path, phases):
     axes[1].set_xlabel('epoch')
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    utils.save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -953,20 +975,13 @@ def plot_curves(metrics_path, path, phases):
 # Command line
 # ----------------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one-line UserErrors (no usage dump)."""
-
-    def error(self, message):
-        raise utils.UserError(message)
-
-
-def parse_args(argv):
-    p = _Parser(description='Structural-sparsity compression of LeNet/VGG with BayesNAS switches and the HARD '
-                            'prior (see the module docstring).')
+def build_parser():
+    p = utils.Parser('compress.py', description='Structural-sparsity compression of LeNet/VGG with BayesNAS '
+                                                'switches and the HARD prior (see the module docstring).')
     p.add_argument('--model', default='lenet300', choices=sorted(MODELS), help='network to compress')
     p.add_argument('--data', default=None, help='data root (default ../shared/data/mnist-subset for the MNIST '
                                                 'models, ../shared/data/cifar10-subset for vgg16)')
-    p.add_argument('--epochs', type=int, default=10, help='dense training epochs')
+    p.add_argument('--epochs', type=int, default=10, help='dense training epochs (0 needs --pretrained)')
     p.add_argument('--pretrained', default=None, help="dense_model.pt of an earlier run: skip dense training")
     p.add_argument('--iterations', type=int, default=3, help='penalised training -> curvature -> update -> prune')
     p.add_argument('--epochs_per_iteration', type=int, default=2, help='penalised epochs per iteration')
@@ -974,7 +989,9 @@ def parse_args(argv):
                    help='temperature lambda (> 0) of the HARD prior and weight of the penalty: larger is sparser')
     p.add_argument('--threshold', type=float, default=0.01, help='prune units whose gamma falls below this')
     p.add_argument('--switch_lr', type=float, default=0.01, help='Adam learning rate of the switches')
-    p.add_argument('--hessian', default='recursive', choices=METHODS, help='curvature estimator')
+    p.add_argument('--hessian', default='fisher', choices=METHODS,
+                   help="curvature estimator (default: fisher, as search.py; on the LeNets the three give "
+                        "the same compression within run-to-run noise, see the module docstring)")
     p.add_argument('--hessian_batches', type=int, default=20, help='training batches for the curvature')
     p.add_argument('--finetune_epochs', type=int, default=6, help='fine-tuning epochs after pruning')
     p.add_argument('--batch_size', type=int, default=64)
@@ -988,7 +1005,10 @@ def parse_args(argv):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: CPU)')
     p.add_argument('--report_freq', type=int, default=100, help='log every N steps (0: once per epoch)')
-    args = p.parse_args(argv)
+    return p
+
+
+def check_args(args):
     checks = [('--lambda', args.lam, args.lam > 0, '> 0'),
               ('--threshold', args.threshold, args.threshold >= 0, '>= 0'),
               ('--learning_rate', args.learning_rate, args.learning_rate > 0, '> 0'),
@@ -1003,45 +1023,52 @@ def parse_args(argv):
     for flag, value, ok, need in checks:
         if not ok:
             raise utils.UserError(f'{flag} must be {need}, got {value}')
+    if args.epochs == 0 and not args.pretrained:
+        raise utils.UserError('--epochs 0 would compress an untrained network; train it (--epochs 1 or '
+                              'more) or give its dense weights with --pretrained DENSE_MODEL.pt')
+
+
+# Flags that say where and how a run executes, not what it computes: a resumed run may change them.
+RUN_FLAGS = ('data', 'gpu', 'report_freq', 'save', 'resume')
+
+
+def configure(argv):
+    """(args, checkpoint state or None): a new run's flags, or a resumed run's own with the flags the
+    user gives again (only RUN_FLAGS may differ)."""
+    parser = build_parser()
+    args, given = parser.parse(argv)
     if args.resume and args.save is None:
         raise utils.UserError('--resume needs --save DIR: the run to continue')
-    args.save = args.save or f'runs/compress-{args.model}-{time.strftime("%Y%m%d-%H%M%S")}'
-    return args
-
-
-# A resumed run keeps its own arguments (so that it continues exactly); only these may change.
-RESUME_MAY_CHANGE = ('data', 'gpu', 'report_freq', 'save', 'resume')
-
-
-def resumed_args(args, state, path):
-    """The arguments of the run saved in `state`, with those of RESUME_MAY_CHANGE from this call."""
+    if not args.resume:
+        check_args(args)
+        args.save = args.save or f'runs/compress-{args.model}-{time.strftime("%Y%m%d-%H%M%S")}'
+        return args, None
+    path = Path(args.save) / 'checkpoint.pt'
+    state = utils.load_checkpoint(path)        # a missing one is an error: there is nothing to resume
     saved = state.get('args')
-    if state.get('script') != 'compress' or not isinstance(saved, dict):
-        raise utils.UserError(f'{path} is not a checkpoint of a compress.py run')
-    missing = sorted(set(vars(args)) - set(saved))
-    if missing or saved.get('model') not in MODELS:
-        raise utils.UserError(f'{path} holds arguments this compress.py cannot resume '
-                              f'(missing {", ".join(missing) or "a known --model"})')
-    return argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in RESUME_MAY_CHANGE}})
+    if utils.checkpoint_kind(state) != 'compress' or not isinstance(saved, dict):
+        raise utils.UserError(f'{path} is not a checkpoint of a compress.py run (it holds {_contents(state)})')
+    if saved.get('model') not in MODELS:
+        raise utils.UserError(f'{path} holds a model this compress.py does not know: {saved.get("model")!r}')
+    args = argparse.Namespace(**utils.resumed_args(parser, saved, given, RUN_FLAGS))
+    check_args(args)
+    return args, state
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    checkpoint = Path(args.save) / 'checkpoint.pt'
-    state = utils.load_checkpoint(checkpoint) if args.resume and checkpoint.exists() else None
-    if state is not None:
-        args = resumed_args(args, state, checkpoint)
+    args, state = configure(argv)
     device = torch.device('cpu') if args.gpu is None else utils.get_device(args.gpu)
-    data = load_data(args.data, MODELS[args.model]['data'], device)   # bad data leaves no run directory
-    run = utils.RunDir(args.save, args, resume=args.resume)
-    comp = Compression(args, run, device, data)
+    # Inputs first: bad data or a wrong --pretrained leaves no run directory behind.
+    data = load_data(args.data, MODELS[args.model]['data'], device)
+    dense = read_dense(args.pretrained, args.model) if args.pretrained and state is None else None
+    run = utils.RunDir(args.save, args, resume=args.resume,
+                       rewind=state.get('run_files') if state is not None else None)
+    comp = Compression(args, run, device, data, dense)
     if state is not None:
         comp.restore(state)
         name = comp.phases[min(comp.st['phase'], len(comp.phases) - 1)][0]
         run.log(f'resuming at {name}, epoch {comp.st["epoch"]}')
     else:
-        if args.resume:
-            run.log(f'no checkpoint in {args.save}: starting the run from the beginning')
         units = layer_units(comp.model)
         run.log(f'compress {args.model}: units {units_string(units, 1)}, {utils.count_params(comp.plain):,} parameters, '
                 f'{len(comp.data["train_x"])} training / {len(comp.data["test_x"])} test images, device {device}')

@@ -8,12 +8,15 @@ in one of two forms:
     DARTS pairs     [(op, input), ...]        two per intermediate node, in node order: pair i feeds
                                               node 2 + i // 2 (DARTS genotypes paste in unchanged)
     edge triples    [(op, from, to), ...]     any number of ops per edge and any in-degree per node;
-                                              ops on the same edge are summed
+                                              ops on the same edge are summed; an op appears at most
+                                              once per edge
 
 `cell_edges` turns either form into a list of (op, from, to). Self-contained: no project imports.
 """
 import json
 import keyword
+import os
+import tempfile
 from collections import namedtuple
 
 Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
@@ -104,13 +107,27 @@ BayesNAS_0_005 = Genotype(
 
 BayesNAS = BayesNAS_0_005
 
-NAMES = ['DARTS_V1', 'DARTS_V2', 'DARTS', 'BayesNAS_0_01', 'BayesNAS_0_007', 'BayesNAS_0_005', 'BayesNAS']
+
+
+def names():
+    """Every Genotype defined at module level, in the order of definition: a `Name = Genotype(...)`
+    line pasted anywhere into this file is a name for --arch, with no list to keep up to date."""
+    return [name for name, value in globals().items()
+            if isinstance(value, Genotype) and not name.startswith('_')]
+
+
+def __getattr__(attr):
+    # NAMES is computed when it is read, so that it includes genotypes defined below this point.
+    if attr == 'NAMES':
+        return names()
+    raise AttributeError(f'module {__name__!r} has no attribute {attr!r}')
 
 
 def from_name(name):
     """The named genotype `name` (one of NAMES)."""
-    if name not in NAMES:
-        raise ValueError(f"unknown genotype {name!r}; known genotypes: {', '.join(NAMES)}")
+    known = names()
+    if name not in known:
+        raise ValueError(f"unknown genotype {name!r}; known genotypes: {', '.join(known)}")
     return globals()[name]
 
 
@@ -143,7 +160,8 @@ def cell_form(cell):
 def cell_edges(cell):
     """The cell as a list of (op, from, to), sorted by destination node, source node, then op name.
 
-    Repeated entries are kept: each is its own operation and they are summed."""
+    Repeated entries are kept (validate() accepts them only in the pairs form, where DARTS's two
+    inputs of a node are two separate ops, and NASNet repeats one)."""
     if cell_form(cell) == 'pairs':
         if len(cell) % 2:
             raise ValueError(f'a cell of (op, input) pairs needs two pairs per node, got {len(cell)} pairs')
@@ -166,6 +184,12 @@ def _validate_cell(cell, concat, which):
         if not 0 <= src < dst or dst < 2:
             raise ValueError(f'{which} cell: edge ({op!r}, {src}, {dst}) must go from a node to a later '
                              f'intermediate node (0 <= from < to, to >= 2)')
+    if form == 'triples':
+        # Each triple is the one op of that kind on its edge (a derivation keeps or drops it); a
+        # repeat is a mistake in the file, not a second op.
+        repeated = next((e for e, f in zip(edges, edges[1:]) if e == f), None)
+        if repeated is not None:
+            raise ValueError(f'{which} cell: edge {repeated!r} is listed twice')
     fed = {dst for _, _, dst in edges}
     for op, src, dst in edges:
         if src >= 2 and src not in fed:
@@ -216,9 +240,21 @@ def canonical(genotype):
 def save_json(genotype, path):
     """Write the genotype as JSON: {"normal": [[op, ...], ...], "normal_concat": [...], ...}."""
     g = canonical(genotype)
-    with open(path, 'w') as f:
-        json.dump({field: getattr(g, field) for field in Genotype._fields}, f, indent=1)
-        f.write('\n')
+    text = json.dumps({field: getattr(g, field) for field in Genotype._fields}, indent=1) + '\n'
+    # Atomically, as a later train.py reads it: a temporary file beside it, renamed over it.
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)    # mkstemp's 0600 would hide it from other users
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def load_json(path):

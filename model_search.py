@@ -95,11 +95,18 @@ class Cell(nn.Module):
         self.reduction, self.switches, self.C = reduction, switches, C
         self.concat = list(concat)
         self.multiplier = len(self.concat)
-        if reduction_prev:      # node 0 is twice the size of node 1
-            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine)
-        else:
-            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine)
-        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine)
+        # A retrained cell that reads only one of its inputs gets no preprocessing for the other:
+        # its weights would never take part (counted as parameters, and DDP would wait for their
+        # gradients). The supernet reads both until pruning, so it keeps both.
+        read = {src for _, src, _ in edges}
+        self.preprocess0 = self.preprocess1 = None
+        if switches or 0 in read:
+            if reduction_prev:      # node 0 is twice the size of node 1
+                self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine)
+            else:
+                self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine)
+        if switches or 1 in read:
+            self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine)
         ops_of = {}
         for op, src, dst in sorted(edges, key=lambda e: (e[2], e[1])):     # stable: keeps op order
             ops_of.setdefault((src, dst), []).append(op)

@@ -71,18 +71,12 @@ from model_search import Network
 
 # Flags that say where and how a run executes, not what it computes: a resumed run may change them.
 RUN_FLAGS = ('data', 'download', 'gpu', 'report_freq', 'checkpoint_freq', 'save', 'resume', 'amp',
-             'channels_last')
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose complaints are one UserError line instead of a usage dump."""
-
-    def error(self, message):
-        raise utils.UserError(f'{message} (see python search.py --help)')
+             'channels_last', 'deterministic')
 
 
 def build_parser():
-    p = Parser(description='BayesNAS search of a CIFAR-10 cell (see the module docstring).')
+    p = utils.Parser('search.py', description='BayesNAS search of a CIFAR-10 cell (see the module '
+                                              'docstring).')
     p.add_argument('--data', default='data', help='folder holding cifar-10-batches-py (default: data)')
     p.add_argument('--download', action='store_true', help='download CIFAR-10 into --data if missing')
     p.add_argument('--batch_size', type=int, default=64, help='batch size (paper: 18, limited by its '
@@ -120,7 +114,7 @@ def build_parser():
                    'averaged over (20)')
     p.add_argument('--warmup_epochs', type=int, default=1, help='epochs of weight-only training (1)')
     p.add_argument('--warmup_portion', type=float, default=0.1, help='share of the training set for the '
-                   'warm-up; the switches train on the rest (0.1, as the paper)')
+                   'warm-up; the switches train on the rest (0.1, as the paper; 0 needs --warmup_epochs 0)')
     p.add_argument('--iterations', type=int, default=1, help='joint epoch + curvature + update + prune '
                    'rounds (paper: 1)')
     p.add_argument('--threshold', type=float, default=0.0, help='also prune switch groups whose effective '
@@ -135,6 +129,8 @@ def build_parser():
     p.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels-last memory format on CUDA (default: on; on a CPU it is 1.6x faster '
                         'but PyTorch 2.14 corrupts memory in the backward pass of some of its convolutions)')
+    p.add_argument('--deterministic', action='store_true', help='deterministic algorithms and no cuDNN '
+                   'autotuning, so that a GPU run repeats exactly (slower; a CPU run always does)')
     p.add_argument('--report_freq', type=int, default=50, help='log every this many steps (50)')
     p.add_argument('--checkpoint_freq', type=int, default=200, help='also checkpoint every this many '
                    'steps inside an epoch, 0 for phase ends only (200)')
@@ -159,6 +155,9 @@ def check_args(a):
         (a.hessian_batches >= 1, f'--hessian_batches must be at least 1, got {a.hessian_batches}'),
         (a.warmup_epochs >= 0, f'--warmup_epochs must be >= 0, got {a.warmup_epochs}'),
         (0 <= a.warmup_portion < 1, f'--warmup_portion must be in [0, 1), got {a.warmup_portion}'),
+        (a.warmup_portion > 0 or a.warmup_epochs == 0,
+         f'--warmup_portion 0 leaves the warm-up without images, but --warmup_epochs is '
+         f'{a.warmup_epochs}; give --warmup_epochs 0 to skip the warm-up, or a positive --warmup_portion'),
         (a.iterations >= 1, f'--iterations must be at least 1, got {a.iterations}'),
         (a.threshold >= 0, f'--threshold must be >= 0, got {a.threshold}'),
         (a.report_freq >= 1, f'--report_freq must be at least 1, got {a.report_freq}'),
@@ -195,9 +194,11 @@ def make_data(args, device):
     data = utils.load_cifar10(args.data, device=device, download=args.download)
     warm, joint = (idx.to(device) for idx in split(len(data['train_x']), args.warmup_portion, args.seed))
     x, y = data['train_x'], data['train_y']
-    if len(joint) < args.batch_size or (args.warmup_epochs and len(warm) < args.batch_size):
-        raise utils.UserError(f'the training set ({len(x)} images) is too small for --batch_size '
-                              f'{args.batch_size} with --warmup_portion {args.warmup_portion}')
+    for name, part, used in (('switch-training', joint, True), ('warm-up', warm, args.warmup_epochs > 0)):
+        if used and len(part) < args.batch_size:
+            raise utils.UserError(f'the training set ({len(x)} images) is too small for --batch_size '
+                                  f'{args.batch_size} with --warmup_portion {args.warmup_portion}: the '
+                                  f'{name} part holds {len(part)} images')
     cutout = args.cutout_length if args.cutout else 0
     return {
         'warmup': utils.Batches(x[warm], y[warm], args.batch_size, drop_last=True, seed=args.seed,
@@ -243,7 +244,9 @@ class Search:
         self.elapsed = 0.0                  # seconds of earlier sessions of this run
 
     def state_dict(self):
-        return dict(args=vars(self.args), model=self.model.state_dict(), prior=self.prior.state_dict(),
+        # run_files: how far log.txt and metrics.jsonl were written, for a resumed run to rewind to.
+        return dict(kind='search', run_files=self.run.sizes(),
+                    args=vars(self.args), model=self.model.state_dict(), prior=self.prior.state_dict(),
                     optimizer=self.optimizer.state_dict(), switch_optimizer=self.switch_optimizer.state_dict(),
                     phase=self.phase, step=self.step,
                     sums=self.sums.cpu(), history=self.history, elapsed=self.elapsed + self.clock(),
@@ -325,12 +328,19 @@ class Search:
         rate = (self.step - start) * self.args.batch_size / max(seconds, 1e-9)
         left = n - self.step + sum(len_of for len_of in self.steps_after_phase())
         eta = left * self.args.batch_size / max(rate, 1e-9)
-        name = f'{kind} {epoch + 1}' if kind == 'warmup' else f'search iteration {epoch + 1}'
+        name = phase_name(kind, epoch)
         penalty = f'  penalty {self.prior.penalty().item():.4f}' if kind == 'search' else ''
         self.run.log(f'{name}  step {self.step}/{n}  loss {loss / images:.4f}  acc '
                      f'{100 * hits / images:.2f}%{penalty}  {rate:.0f} img/s  ETA {utils.format_time(eta)}')
         self.run.metric(phase=kind, epoch=epoch + 1, step=self.global_step(), train_loss=loss / images,
                         train_acc=100 * hits / images, images_per_s=rate)
+
+    def position(self):
+        """Where the run stands, as its log lines count: 'search iteration 1 at step 5/72'."""
+        if self.phase >= len(self.phases):
+            return 'the finished search'
+        kind, epoch = self.phases[self.phase]
+        return f'{phase_name(kind, epoch)} at step {self.step}/{self.steps_in[kind]}'
 
     def steps_after_phase(self):
         return [self.steps_in[kind] for kind, _ in self.phases[self.phase + 1:]]
@@ -384,6 +394,10 @@ def relevance(rows):
     switches would cost, in units of the temperature. The evidence rule keeps a one-member group
     exactly when it exceeds 1."""
     return {r['key']: sum(h * w * w for h, w in zip(r['curvatures'], r['values'])) / r['lam'] for r in rows}
+
+
+def phase_name(kind, epoch):
+    return f'warmup {epoch + 1}' if kind == 'warmup' else f'search iteration {epoch + 1}'
 
 
 def live_ops(rows):
@@ -474,9 +488,10 @@ def peak_memory_mib(device):
 # ----------------------------------------------------------------------------------------------------
 
 def configure(argv):
-    """(args, checkpoint state or None): a new run's flags, or a resumed run's own with RUN_FLAGS."""
+    """(args, checkpoint state or None): a new run's flags, or a resumed run's own with the flags the
+    user gives again (only RUN_FLAGS may differ)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, given = parser.parse(argv)
     if not args.resume:
         check_args(args)
         args.save = args.save or f'runs/search-{time.strftime("%Y%m%d-%H%M%S")}'
@@ -485,28 +500,37 @@ def configure(argv):
         raise utils.UserError('--resume needs --save RUN_DIR, the search to continue')
     path = Path(args.save) / 'checkpoint.pt'
     state = utils.load_checkpoint(path)
+    utils.require_kind(state, 'search', path)
     if not isinstance(state.get('args'), dict):
-        raise utils.UserError(f'{path} is not a checkpoint of search.py')
-    given = {k: v for k, v in vars(args).items() if v != parser.get_default(k)}
-    for k, v in given.items():
-        if k not in RUN_FLAGS and v != state['args'].get(k):
-            raise utils.UserError(f'--{k} {v} differs from the resumed search\'s {state["args"].get(k)}; '
-                                  f'a resumed search keeps its configuration')
-    stored = argparse.Namespace(**{**state['args'], **{k: getattr(args, k) for k in RUN_FLAGS}})
+        raise utils.UserError(f'{path} is not a checkpoint of search.py (it holds no arguments)')
+    stored = argparse.Namespace(**utils.resumed_args(parser, state['args'], given, RUN_FLAGS))
     check_args(stored)
     return stored, state
 
 
+def open_run(args, state):
+    """The run directory; a resumed run's log and metrics go back to where its checkpoint was written."""
+    rewind = state.get('run_files') if state is not None else None
+    return utils.RunDir(args.save, args, resume=args.resume, rewind=rewind)
+
+
+def resume(search, state, run):
+    search.load_state_dict(state, run.file('checkpoint.pt'))
+    if 'run_files' not in state:
+        # Written before checkpoints recorded the files' sizes: drop the metrics of later steps.
+        utils.trim_metrics(run.file('metrics.jsonl'), lambda r: r.get('step', 0) <= search.global_step())
+    run.log(f'resumed in {search.position()}')
+
+
 def main(argv=None):
     args, state = configure(argv)
-    device = utils.get_device(args.gpu)
+    device = utils.get_device(args.gpu, args.deterministic)
     data = make_data(args, device)          # before the run directory: bad data leaves nothing behind
-    run = utils.RunDir(args.save, args, resume=args.resume)
+    run = open_run(args, state)
     search = Search(args, device, run, {kind: len(data[kind]) for kind in ('warmup', 'search')})
     if state is not None:
-        search.load_state_dict(state, run.file('checkpoint.pt'))
+        resume(search, state, run)
         state = None
-        run.log(f'resumed at step {search.global_step()} ({search.phases[min(search.phase, len(search.phases) - 1)][0]})')
     else:
         lam_origin, lam_child = lambdas(args)
         run.log(f'BayesNAS search: {args.layers} cells, {args.init_channels} channels, '

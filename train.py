@@ -44,10 +44,9 @@ atomically after every epoch: model, optimiser, schedule, every process's random
 and at the end model.pt (the trained weights and how to build the network, for --eval_only).
 """
 import argparse
-import json
 import math
 import os
-import tempfile
+import re
 import time
 from pathlib import Path
 
@@ -70,7 +69,7 @@ COMMON_DEFAULTS = dict(
     dataset='cifar10', arch='BayesNAS', genotype=None, momentum=0.9, gamma=0.97, decay_period=1,
     auxiliary=True, auxiliary_weight=0.4, cutout_length=16, grad_clip=5.0, report_freq=50,
     gpu=None, seed=0, save=None, resume=False, eval_only=None, workers=4, channels_last=True,
-    compile=False, download=False)
+    compile=False, download=False, deterministic=False)
 
 DATASET_DEFAULTS = {
     'cifar10': dict(data='data', epochs=600, batch_size=96, learning_rate=0.025, lr_schedule='cosine',
@@ -84,9 +83,10 @@ DATASET_DEFAULTS = {
 # Flags that say where and how fast a run executes, not what it computes: a resumed run may change
 # them. Every other flag of a resumed run comes from its checkpoint.
 RUN_FLAGS = {'data', 'gpu', 'report_freq', 'workers', 'amp', 'channels_last', 'compile', 'download',
-             'save', 'resume'}
+             'save', 'resume', 'deterministic'}
 # The flags --eval_only accepts; the network and its data set come from the checkpoint.
-EVAL_FLAGS = {'eval_only', 'data', 'gpu', 'batch_size', 'workers', 'amp', 'channels_last', 'download'}
+EVAL_FLAGS = {'eval_only', 'data', 'gpu', 'batch_size', 'workers', 'amp', 'channels_last', 'download',
+              'deterministic'}
 
 CURVE_KEYS = ['train_loss', 'test_loss', 'train_acc', 'test_acc', 'lr']
 
@@ -101,18 +101,11 @@ def _default(name):
     return f'default: {cifar} on CIFAR-10, {imagenet} on ImageNet'
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse whose complaints about the command line are one UserError line, not usage text."""
-
-    def error(self, message):
-        raise utils.UserError(f'{message} (see python train.py --help)')
-
-
 def build_parser():
     # No argparse defaults: the flags actually given are what is parsed, so a resumed run can tell a
     # changed flag from an unmentioned one, and defaults can depend on --dataset.
-    p = Parser(description='Retrain a cell genotype from scratch and report its test accuracy.',
-               argument_default=argparse.SUPPRESS)
+    p = utils.Parser('train.py', description='Retrain a cell genotype from scratch and report its test '
+                                             'accuracy.', argument_default=argparse.SUPPRESS)
     d = _default
     p.add_argument('--dataset', choices=sorted(DATASET_DEFAULTS), help=d('dataset'))
     p.add_argument('--data', help='CIFAR-10: the folder holding cifar-10-batches-py; ImageNet: the '
@@ -155,11 +148,14 @@ def build_parser():
     p.add_argument('--channels_last', action=argparse.BooleanOptionalAction,
                    help='channels-last memory format on CUDA (' + d('channels_last') + ')')
     p.add_argument('--compile', action='store_true', help='torch.compile the training network')
+    p.add_argument('--deterministic', action='store_true', help='deterministic algorithms and no cuDNN '
+                   'autotuning, so that a GPU run repeats exactly (slower; a CPU run always does)')
     p.add_argument('--seed', type=int, help=d('seed'))
     p.add_argument('--save', help='run directory (default: runs/train-NAME-TIME)')
     p.add_argument('--resume', action='store_true', help='continue the run in --save from its checkpoint')
     p.add_argument('--eval_only', metavar='CHECKPOINT',
-                   help='only report the test accuracy of a checkpoint.pt or model.pt')
+                   help='only report the test accuracy of a checkpoint.pt or model.pt (reads only the '
+                        'test set; --data defaults to the one the network was trained on)')
     return p
 
 
@@ -178,11 +174,9 @@ def fresh_args(given):
 
 def resumed_args(stored, given):
     """The configuration of a resumed run: the checkpoint's, with only RUN_FLAGS changeable."""
-    for name, value in given.items():
-        if name not in RUN_FLAGS and value != stored.get(name):
-            raise utils.UserError(f'--{name} {value} differs from the resumed run\'s value '
-                                  f'{stored.get(name)}; a resumed run keeps its configuration')
-    return {**stored, **{k: v for k, v in given.items() if k in RUN_FLAGS}}
+    dataset = stored.get('dataset', COMMON_DEFAULTS['dataset'])
+    defaults = {**COMMON_DEFAULTS, **DATASET_DEFAULTS.get(dataset, {})}
+    return utils.resumed_args(build_parser(), stored, given, RUN_FLAGS, defaults)
 
 
 def check_args(a, world):
@@ -233,12 +227,12 @@ class Dist:
         self.enabled = self.world > 1
         self.main = self.rank == 0
 
-    def device(self, gpu):
+    def device(self, gpu, deterministic=False):
         if not self.enabled:
-            return utils.get_device(gpu)
+            return utils.get_device(gpu, deterministic)
         if gpu is None and not torch.cuda.is_available():
-            return torch.device('cpu')
-        return utils.get_device((gpu or 0) + self.local_rank)
+            return utils.get_device(None, deterministic)
+        return utils.get_device((gpu or 0) + self.local_rank, deterministic)
 
     def start(self, device):
         if self.enabled:
@@ -257,8 +251,8 @@ class Dist:
         return values.tolist()
 
     def on_rank0(self, fn):
-        """fn() run by rank 0 only, its result broadcast to every process. A UserError it raises is
-        raised by every process, so none is left waiting for the others."""
+        """fn() run by rank 0 only, its result broadcast to every process. A UserError or OSError
+        it raises is raised by every process as a UserError, so none is left waiting for the others."""
         if not self.enabled:
             return fn()
         box = [None]
@@ -267,6 +261,8 @@ class Dist:
                 box = [('ok', fn())]
             except utils.UserError as e:
                 box = [('error', str(e))]
+            except OSError as e:
+                box = [('error', utils.os_error_line(e))]
         dist.broadcast_object_list(box, src=0)
         kind, value = box[0]
         if kind == 'error':
@@ -386,10 +382,24 @@ def cifar_data(args, device, ddp):
     train = utils.Batches(data['train_x'], data['train_y'], args.batch_size, shuffle=True,
                           drop_last=True, augment={'crop_pad': 4, 'flip': True, 'cutout': cutout},
                           seed=args.seed)
+    return Shard(train, ddp.rank, ddp.world), cifar_test_batches(data, args, ddp), 10
+
+
+def cifar_test_batches(data, args, ddp):
+    """This process's share of the test set, in order."""
     test_x = torch.tensor_split(data['test_x'], ddp.world)[ddp.rank]
     test_y = torch.tensor_split(data['test_y'], ddp.world)[ddp.rank]
-    test = utils.Batches(test_x, test_y, args.batch_size // ddp.world, shuffle=False)
-    return Shard(train, ddp.rank, ddp.world), test, 10
+    return utils.Batches(test_x, test_y, args.batch_size // ddp.world, shuffle=False)
+
+
+def cifar_test_data(args, device, ddp):
+    """The test batches alone: only test_batch is read (and needs to be present)."""
+    if args.download and ddp.local_rank != 0:
+        dist.barrier()
+    data = utils.load_cifar10(args.data, device=device, download=args.download, train=False)
+    if args.download and ddp.local_rank == 0 and ddp.enabled:
+        dist.barrier()
+    return cifar_test_batches(data, args, ddp)
 
 
 def imagenet_data(args, device, ddp):
@@ -499,28 +509,10 @@ def make_scheduler(optimizer, args):
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 
-def trim_metrics(path, epochs_done):
-    """Drop the metric lines of epochs after the checkpoint's (an interruption between writing an
-    epoch's metrics and its checkpoint leaves one), so that the resumed run does not repeat them."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get('epoch', 0) <= epochs_done:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue            # a torn last line
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        f.write(''.join(line + '\n' for line in keep))
-    os.replace(tmp, path)
-
-
 def restore(state, net, optimizer, scheduler, args, ddp, run):
     """Load a checkpoint into the run; returns the number of epochs it had completed."""
+    load_weights(net, state.get('model', {}), Path(args.save) / 'checkpoint.pt')
     try:
-        net.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
         epochs_done, rng = state['epoch'], state['rng']
@@ -534,8 +526,10 @@ def restore(state, net, optimizer, scheduler, args, ddp, run):
         utils.set_seed(args.seed + ddp.world * epochs_done + ddp.rank)
         run.log(f'the checkpoint was written by {len(rng)} processes, this run has {ddp.world}: '
                 f'drop-path draws new random numbers and BatchNorm sees other slices')
-    if ddp.main:
-        trim_metrics(Path(args.save) / 'metrics.jsonl', epochs_done)
+    if ddp.main and 'run_files' not in state:
+        # Written before checkpoints recorded how far the run's files went (RunDir rewinds to that):
+        # drop the metrics of epochs after the checkpoint's, which the resumed run repeats.
+        utils.trim_metrics(Path(args.save) / 'metrics.jsonl', lambda r: r.get('epoch', 0) <= epochs_done)
     return epochs_done
 
 
@@ -544,6 +538,7 @@ def read_checkpoint(path, ddp, resumable=False):
     resumable: a checkpoint.pt, which also holds the run's arguments and training state."""
     def read():
         state = utils.load_checkpoint(path)
+        utils.require_kind(state, 'train', path)
         if not isinstance(state.get('config'), dict) or 'model' not in state:
             raise utils.UserError(f'{path} is not a checkpoint of train.py (no network configuration)')
         if resumable and not (isinstance(state.get('args'), dict) and
@@ -569,6 +564,8 @@ def train(given, device, ddp):
     else:
         args = argparse.Namespace(**fresh_args(given))
     check_args(args, ddp.world)
+    if args.deterministic:          # a resumed run may have been started with it
+        utils.set_deterministic()
     utils.set_seed(args.seed + ddp.rank)
 
     if state is None:
@@ -583,7 +580,8 @@ def train(given, device, ddp):
             args.save = f'runs/train-{name}-{time.strftime("%Y%m%d-%H%M%S")}'
     else:
         config = state['config']
-    made = ddp.on_rank0(lambda: utils.RunDir(args.save, vars(args), resume=args.resume))
+    rewind = state.get('run_files') if state is not None else None
+    made = ddp.on_rank0(lambda: utils.RunDir(args.save, vars(args), resume=args.resume, rewind=rewind))
     run = made if ddp.main else Silent()
 
     net = build_network(config).to(device)
@@ -633,7 +631,9 @@ def train(given, device, ddp):
         scheduler.step()
         rng = ddp.gather(utils.get_rng_state())
         if ddp.main:
-            utils.save_checkpoint({'epoch': epoch + 1, 'args': vars(args), 'config': config,
+            # run_files: how far log.txt and metrics.jsonl were written, for a resumed run to rewind to.
+            utils.save_checkpoint({'kind': 'train', 'run_files': run.sizes(),
+                                   'epoch': epoch + 1, 'args': vars(args), 'config': config,
                                    'model': net.state_dict(), 'optimizer': optimizer.state_dict(),
                                    'scheduler': scheduler.state_dict(), 'rng': rng},
                                   run.file('checkpoint.pt'))
@@ -643,7 +643,8 @@ def train(given, device, ddp):
         ddp.share_buffers(net)
         test = evaluate(net, test_data, args, device, ddp)
     if ddp.main:
-        utils.save_checkpoint({'config': config, 'model': net.state_dict(), 'epochs': args.epochs,
+        utils.save_checkpoint({'kind': 'train', 'args': vars(args), 'config': config,
+                               'model': net.state_dict(), 'epochs': args.epochs,
                                'test_acc': test['acc'], 'test_top5': test['top5'],
                                'test_loss': test['loss']}, run.file('model.pt'))
     run.log(f'final test accuracy {test["acc"]:.2f}% (error {100 - test["acc"]:.2f}%, top-5 '
@@ -663,17 +664,18 @@ def eval_only(given, device, ddp):
     dataset = config.get('dataset', 'cifar10')
     if dataset not in DATASET_DEFAULTS:
         raise utils.UserError(f'{given["eval_only"]} names an unknown data set {dataset!r}')
+    data, source = eval_data_path(given, state, dataset)
     args = argparse.Namespace(**{**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **given,
-                                 'dataset': dataset})
+                                 'dataset': dataset, 'data': data})
     check_args(args, ddp.world)
     net = build_network(config).to(device)
-    try:
-        net.load_state_dict(state['model'])
-    except RuntimeError as e:
-        raise utils.UserError(f'{given["eval_only"]}: weights do not fit the network: {e}') from e
+    load_weights(net, state['model'], given['eval_only'])
     if device.type == 'cuda' and args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    _, test_data, _ = load_data(args, device, ddp)
+    try:
+        test_data = load_test_data(args, device, ddp)
+    except utils.UserError as e:
+        raise utils.UserError(f'{e} (--data {data} is {source})') from e
     test = evaluate(net, test_data, args, device, ddp)
     if ddp.main:
         print(f'test accuracy {test["acc"]:.2f}% (error {100 - test["acc"]:.2f}%, top-5 '
@@ -681,10 +683,42 @@ def eval_only(given, device, ddp):
     return {'test_acc': test['acc'], 'test_top5': test['top5'], 'test_loss': test['loss']}
 
 
+def eval_data_path(given, state, dataset):
+    """(--data for --eval_only, where it came from): the flag, else the data the network was trained
+    on (saved with it), else the data set's default."""
+    if 'data' in given:
+        return given['data'], 'the one given'
+    saved = state.get('args')
+    if isinstance(saved, dict) and isinstance(saved.get('data'), str):
+        return saved['data'], "the training run's, saved with the network; pass --data to use another"
+    return DATASET_DEFAULTS[dataset]['data'], 'the default; pass --data'
+
+
+def load_test_data(args, device, ddp):
+    if args.dataset == 'imagenet':
+        return imagenet_data(args, device, ddp)[1]
+    return cifar_test_data(args, device, ddp)
+
+
+# Checkpoints written before a cell stopped building the preprocessing of an input that none of
+# its edges reads hold that preprocessing's weights, which never took part in the computation.
+UNREAD_PREPROCESSING = re.compile(r'cells\.\d+\.preprocess[01]\.')
+
+
+def load_weights(net, weights, path):
+    """Load a network's saved weights; UserError naming what does not fit, in one short line."""
+    present = net.state_dict()
+    weights = {k: v for k, v in weights.items() if k in present or not UNREAD_PREPROCESSING.match(k)}
+    problem = utils.state_dict_mismatch(net, weights)
+    if problem:
+        raise utils.UserError(f'{path}: the weights do not fit the network: {problem}')
+    net.load_state_dict(weights)
+
+
 def main(argv=None):
     given = vars(build_parser().parse_args(argv))
     ddp = Dist()
-    device = ddp.device(given.get('gpu'))
+    device = ddp.device(given.get('gpu'), given.get('deterministic', False))
     ddp.start(device)
     try:
         if 'eval_only' in given:

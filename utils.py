@@ -3,6 +3,7 @@ batch-wise augmentation, meters, run directories, atomic checkpoints, model stat
 
 Device-agnostic: nothing here assumes CUDA; tensors stay on the device they were given.
 """
+import argparse
 import functools
 import json
 import math
@@ -28,26 +29,92 @@ class UserError(Exception):
 
 
 def cli(main):
-    """Run a script's main(): a UserError becomes one stderr line and exit code 2, Ctrl-C exit 130."""
+    """Run a script's main(): a UserError or an OSError (a full disk, a folder that cannot be
+    written) becomes one stderr line and exit code 2, Ctrl-C exit 130."""
     try:
         main()
     except UserError as e:
         # One line, whatever the message holds, so the user never sees a wall of text.
-        print('error: ' + ' '.join(str(e).split()), file=sys.stderr, flush=True)
-        sys.exit(2)
+        _fail(str(e))
+    except OSError as e:
+        _fail(os_error_line(e))
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr, flush=True)
         sys.exit(130)
+
+
+def _fail(message):
+    print('error: ' + ' '.join(message.split()), file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def os_error_line(e):
+    """'<reason>: <file>' for an OSError, the reason alone when it names no file."""
+    reason = e.strerror or str(e) or type(e).__name__
+    return f'{reason}: {e.filename}' if e.filename else reason
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for the project's scripts. A mistake on the command line is one UserError line that
+    points at the script's --help; long options cannot be abbreviated, so that the flags a resumed
+    run compares are the ones written; parse() also says which flags were given."""
+
+    def __init__(self, prog, **kwargs):
+        super().__init__(prog=prog, allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        raise UserError(f'{message} (see python {self.prog} --help)')
+
+    def parse(self, argv=None):
+        """(namespace with every default, {dest: value} of the flags given on the command line).
+        For store-style actions (store, store_true, BooleanOptionalAction), which are all the
+        scripts use; an append or count action would need its own marker."""
+        # argparse leaves attributes already in the namespace alone: a marker that survives
+        # parsing is a flag that was not given.
+        unset = object()
+        marked = argparse.Namespace(**{a.dest: unset for a in self._actions if a.dest != 'help'})
+        given = {k: v for k, v in vars(self.parse_args(argv, marked)).items() if v is not unset}
+        return self.parse_args(argv), given
+
+    def defaults(self):
+        return {a.dest: a.default for a in self._actions
+                if a.dest != 'help' and a.default is not argparse.SUPPRESS}
+
+    def option(self, dest):
+        """The option string of a destination, as the user writes it ('--lambda' for 'lam')."""
+        for a in self._actions:
+            if a.dest == dest and a.option_strings:
+                return max(a.option_strings, key=lambda o: (o.startswith('--'), -len(o)))
+        return '--' + dest
+
+
+def resumed_args(parser, stored, given, run_flags, defaults=None):
+    """The configuration of a resumed run: every flag as the run was started with it, unless the
+    user gives it again. Flags in run_flags (where and how the run executes) may change; any other
+    flag given with another value than the run's is a UserError, since the run would no longer
+    continue the computation it started. A flag the run predates takes its default."""
+    defaults = parser.defaults() if defaults is None else defaults
+    for dest, value in given.items():
+        before = stored.get(dest, defaults.get(dest))
+        if dest not in run_flags and value != before:
+            changeable = ', '.join(parser.option(d) for d in sorted(run_flags) if d != 'resume')
+            raise UserError(f'{parser.option(dest)} {value} differs from the resumed run\'s {before}; a '
+                            f'resumed run keeps its configuration (only {changeable} may change)')
+    return {**defaults, **stored, **{k: v for k, v in given.items() if k in run_flags}}
 
 
 # ---------------------------------------------------------------------------------------------
 # Devices and random state
 # ---------------------------------------------------------------------------------------------
 
-def get_device(gpu=None):
+def get_device(gpu=None, deterministic=False):
     """None: cuda:0 when CUDA is available, else CPU. An int N: cuda:N, checked to exist.
 
-    On CUDA, cuDNN autotuning is switched on: every network here runs fixed input shapes."""
+    deterministic: the same results from run to run on a GPU too (deterministic algorithms only,
+    no cuDNN autotuning), at some cost in speed. Otherwise cuDNN autotuning is switched on: every
+    network here runs fixed input shapes."""
+    if deterministic:
+        set_deterministic()
     if gpu is None:
         if not torch.cuda.is_available():
             return torch.device('cpu')
@@ -59,8 +126,17 @@ def get_device(gpu=None):
         raise UserError(f'--gpu {gpu} is out of range: this machine has {count} GPU(s), 0..{count - 1}')
     # Make it the current device too, so autocast, memory statistics and synchronize() refer to it.
     torch.cuda.set_device(gpu)
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not deterministic
     return torch.device('cuda', gpu)
+
+
+def set_deterministic():
+    """Deterministic algorithms everywhere; an op without one raises instead of varying."""
+    # cuBLAS reads this when it creates its first handle, so it must be set before any CUDA work.
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def set_seed(seed):
@@ -115,9 +191,8 @@ def _cifar_folder(root):
     return root / CIFAR_FOLDER
 
 
-def _missing_cifar_files(folder):
-    return [folder / name for name in CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE,)
-            if not (folder / name).is_file()]
+def _missing_cifar_files(folder, names=CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE,)):
+    return [folder / name for name in names if not (folder / name).is_file()]
 
 
 def _download_cifar10(root):
@@ -147,26 +222,31 @@ def _read_cifar_batch(path):
     return torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.from_numpy(labels)
 
 
-def load_cifar10(root, device='cpu', download=False):
+def load_cifar10(root, device='cpu', download=False, train=True):
     """CIFAR-10 from the standard python pickles under root/cifar-10-batches-py (or root itself).
 
     Returns dict(train_x, train_y, test_x, test_y): uint8 [N,3,32,32] images and int64 labels on
-    `device`. The pickles are read directly (no checksum), so shortened subsets load as well.
+    `device`; train=False reads (and needs) only the test batch and returns test_x, test_y. The
+    pickles are read directly (no checksum), so shortened subsets load as well.
     """
     folder = _cifar_folder(root)
-    if download and _missing_cifar_files(folder):
+    names = (CIFAR_TRAIN_FILES if train else ()) + (CIFAR_TEST_FILE,)
+    if download and _missing_cifar_files(folder, names):
         # torchvision unpacks into <dir>/cifar-10-batches-py: give it the folder above ours.
         _download_cifar10(folder.parent)
-    missing = _missing_cifar_files(folder)
+    missing = _missing_cifar_files(folder, names)
     if missing:
-        raise UserError(f'CIFAR-10 not found: {missing[0]} is missing (expected data_batch_1..5 and '
-                        f'test_batch in {folder}); pass --download to fetch it, or point the data '
-                        f'path at the folder that holds {CIFAR_FOLDER}')
-    train = [_read_cifar_batch(folder / name) for name in CIFAR_TRAIN_FILES]
+        expected = 'data_batch_1..5 and test_batch' if train else 'test_batch'
+        raise UserError(f'CIFAR-10 not found: {missing[0]} is missing (expected {expected} in '
+                        f'{folder}); pass --download to fetch it, or point the data path at the '
+                        f'folder that holds {CIFAR_FOLDER}')
     test_x, test_y = _read_cifar_batch(folder / CIFAR_TEST_FILE)
-    return {'train_x': torch.cat([x for x, _ in train]).to(device),
-            'train_y': torch.cat([y for _, y in train]).to(device),
-            'test_x': test_x.to(device), 'test_y': test_y.to(device)}
+    out = {'test_x': test_x.to(device), 'test_y': test_y.to(device)}
+    if train:
+        batches = [_read_cifar_batch(folder / name) for name in CIFAR_TRAIN_FILES]
+        out.update(train_x=torch.cat([x for x, _ in batches]).to(device),
+                   train_y=torch.cat([y for _, y in batches]).to(device))
+    return out
 
 
 def _mnist_root(root):
@@ -179,20 +259,26 @@ def _mnist_root(root):
     return root
 
 
+MNIST_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte',
+               't10k-labels-idx1-ubyte')
+
+
 def load_mnist(root, device='cpu'):
     """MNIST from the IDX files under root/MNIST/raw via torchvision; uint8 [N,1,28,28], int64 labels."""
     import torchvision  # only needed for MNIST's file format
     root = _mnist_root(root)
+    raw = root / 'MNIST' / 'raw'
+    # Checked here, not left to torchvision, which reports a damaged file as a missing data set.
+    missing = [name for name in MNIST_FILES if not (raw / name).is_file()]
+    if missing:
+        raise UserError(f'MNIST not found under {root}: {raw / missing[0]} is missing (expected '
+                        f'{", ".join(MNIST_FILES)} in {raw})')
     out = {}
     for split, train in (('train', True), ('test', False)):
         try:
             ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
-        except RuntimeError as e:
-            raise UserError(f'MNIST not found under {root}: expected {root}/MNIST/raw/ with '
-                            f'train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte '
-                            f'and t10k-labels-idx1-ubyte') from e
         except Exception as e:  # damaged IDX files fail in the parser with varied exceptions
-            raise UserError(f'MNIST files under {root}/MNIST/raw are corrupt: '
+            raise UserError(f'MNIST files in {raw} are truncated or corrupt: '
                             f'{type(e).__name__}: {e}') from e
         out[f'{split}_x'] = ds.data.to(torch.uint8).unsqueeze(1).to(device)
         out[f'{split}_y'] = ds.targets.to(torch.int64).to(device)
@@ -437,15 +523,29 @@ class RunDir:
     """A run's directory: args.json, log.txt (the lines printed to stdout), metrics.jsonl.
 
     A new run refuses a directory that already holds a checkpoint (*.pt), so finished work is
-    never overwritten by accident; resume=True continues it and appends to its files.
+    never overwritten by accident; resume=True continues it and appends to its files. Opening a
+    run removes the temporary files a write cut short left behind. rewind: the sizes() recorded in
+    the checkpoint a run resumes from; the lines written after it are dropped, since the resumed
+    run writes them again.
     """
 
-    def __init__(self, path, args=None, resume=False):
+    APPENDED = ('log.txt', 'metrics.jsonl')
+
+    def __init__(self, path, args=None, resume=False, rewind=None, flag='--save'):
         self.path = Path(path)
+        # A file where the directory or one of its parents should be: mkdir would raise.
+        blocking = next((p for p in (self.path, *self.path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking == self.path:
+            raise UserError(f'{flag} {self.path} is a file, not a run directory; choose another {flag}')
+        if blocking is not None:
+            raise UserError(f'{flag} {self.path}: {blocking} is a file, not a directory')
         if not resume and any(self.path.glob('*.pt')):
             raise UserError(f'{self.path} already holds a run with a checkpoint; pass --resume to '
-                            f'continue it or choose another --save directory')
+                            f'continue it or choose another {flag} directory')
         self.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)
+        if rewind:
+            self.rewind(rewind)
         if args is not None:
             values = args if isinstance(args, dict) else vars(args)
             text = json.dumps(values, indent=2, sort_keys=True, default=_json_default)
@@ -454,7 +554,7 @@ class RunDir:
                 self.log('resumed with args: ' + json.dumps(values, sort_keys=True,
                                                             default=_json_default))
             else:
-                self.file('args.json').write_text(text + '\n')
+                write_text_atomic(self.file('args.json'), text + '\n')
 
     def file(self, name):
         return self.path / name
@@ -462,32 +562,86 @@ class RunDir:
     def log(self, msg):
         line = time.strftime('%Y-%m-%d %H:%M:%S ') + str(msg)
         print(line, flush=True)
-        with open(self.file('log.txt'), 'a') as f:
-            f.write(line + '\n')
+        self._append('log.txt', line + '\n')
 
     def metric(self, **values):
         record = {'time': time.time(), **values}
-        with open(self.file('metrics.jsonl'), 'a') as f:
-            f.write(json.dumps(record, default=_json_default) + '\n')
+        self._append('metrics.jsonl', json.dumps(record, default=_json_default) + '\n')
+
+    def _append(self, name, text):
+        try:
+            with open(self.file(name), 'a') as f:
+                f.write(text)
+        except OSError as e:        # a full disk shows only when the buffer is written: name the file
+            e.filename = e.filename or str(self.file(name))
+            raise
+
+    def sizes(self):
+        """{file: bytes} of the files runs append to, for a checkpoint: what rewind() goes back to."""
+        return {name: self.file(name).stat().st_size for name in self.APPENDED if self.file(name).exists()}
+
+    def rewind(self, sizes):
+        """Cut the appended files back to `sizes`: a run killed after its last checkpoint has logged
+        steps that its resumption repeats."""
+        for name, size in sizes.items():
+            path = self.file(name)
+            if name in self.APPENDED and path.exists() and path.stat().st_size > size:
+                with open(path, 'r+b') as f:
+                    f.truncate(size)
+
+
+def remove_stale_temporaries(folder):
+    """Delete the '.NAME.*.tmp' files write_atomic leaves when it is killed mid-write."""
+    for tmp in Path(folder).glob('.*.tmp'):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+def trim_metrics(path, keep):
+    """Keep the JSON lines of metrics file `path` for which keep(record) is true (a torn line goes
+    too): for a run resumed from a checkpoint that records no sizes() to rewind to."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if keep(json.loads(line)):
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    write_text_atomic(path, ''.join(line + '\n' for line in kept))
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path, write):
     """Call write(binary file) on a temporary file beside `path`, fsync, then rename it over `path`.
 
     A crash at any moment leaves either the old file or the new one, never a torn file. The
-    temporary name starts with '.' and ends in '.tmp', so it is never taken for an output.
+    temporary name starts with '.' and ends in '.tmp', so it is never taken for an output (and
+    RunDir removes it). The file gets the mode open() would give it. An OSError (a full disk)
+    names `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        # mkstemp makes the file private (0600); outputs are read by other users and tools too.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)
         raise
 
 
@@ -532,9 +686,59 @@ def load_checkpoint(path, map_location='cpu'):
     return state
 
 
+# Keys that tell the checkpoints of each script apart when they were written before checkpoints
+# recorded their 'kind'.
+_LEGACY_KINDS = (('search', ('prior', 'switch_optimizer', 'phase', 'step')),
+                 ('train', ('config', 'model')))
+
+
+def checkpoint_kind(state):
+    """'search', 'train' or 'compress': the script that wrote a checkpoint, None if unknown."""
+    if isinstance(state.get('kind'), str):
+        return state['kind']
+    if state.get('script') == 'compress':
+        return 'compress'
+    for kind, keys in _LEGACY_KINDS:
+        if all(k in state for k in keys):
+            return kind
+    return None
+
+
+def require_kind(state, kind, path):
+    """UserError unless `state` is a checkpoint of <kind>.py, naming the script that wrote it."""
+    found = checkpoint_kind(state)
+    if found is None:
+        raise UserError(f'{path} is not a checkpoint of {kind}.py')
+    if found != kind:
+        raise UserError(f'{path} is a checkpoint of {found}.py, not of {kind}.py')
+
+
 # ---------------------------------------------------------------------------------------------
 # Model statistics
 # ---------------------------------------------------------------------------------------------
+
+def state_dict_mismatch(module, state_dict):
+    """A short description of why `state_dict` does not load into `module` (missing, unexpected
+    and reshaped entries, with the first of each), or None when it fits. load_state_dict's own
+    message lists every key, which for a whole network is a wall of text."""
+    if not isinstance(state_dict, dict):
+        return f'expected a dict of tensors, found a {type(state_dict).__name__}'
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    reshaped = [k for k in own if k in state_dict and (
+        not torch.is_tensor(state_dict[k]) or state_dict[k].shape != own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f'{len(missing)} missing (e.g. {missing[0]})')
+    if unexpected:
+        parts.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]})')
+    if reshaped:
+        k = reshaped[0]
+        found = list(state_dict[k].shape) if torch.is_tensor(state_dict[k]) else type(state_dict[k]).__name__
+        parts.append(f'{len(reshaped)} of another shape (e.g. {k}: {found} instead of {list(own[k].shape)})')
+    return ', '.join(parts) if parts else None
+
 
 def count_params(model, skip=('auxiliary',)):
     """Number of parameters whose name contains none of `skip` (the auxiliary head by default)."""
@@ -621,6 +825,6 @@ def plot_curves(metrics_path, png_path, keys):
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel('step' if any('step' in r for r in records) else 'epoch')
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    save_figure_atomic(fig, png_path, dpi=100)
     plt.close(fig)
     return drawn

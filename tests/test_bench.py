@@ -26,6 +26,9 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
     assert [r['pruned_share'] for r in report['pruned']] == [0.0, 0.25, 0.5, 0.75]
     assert {r['arch'] for r in report['eval_train']} == {'DARTS_V2', 'BayesNAS'}
     assert all(math.isfinite(r['images_per_s']) for r in report['eval_train'])
-    assert report['projection'] == {}
+    # --quick projects too (from its toy sizes, and says so), as the full run does.
+    p = report['projection']
+    assert p['search_minutes'] > 0 and p['retrain_600_epochs_hours_DARTS_V2'] > 0
     printed = capsys.readouterr().out
     assert 'Spearman rank correlation with ggn' in printed and f'wrote {out}' in printed
+    assert 'projection from the --quick sizes' in printed and 'projected full CIFAR-10 search' in printed

@@ -267,6 +267,45 @@ def test_corrupt_or_foreign_checkpoint_on_resume(tmp_path):
     assert r.returncode == 2 and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def one_line(r):
+    assert r.returncode == 2, r.stderr
+    assert 'Traceback' not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    return r.stderr
+
+
+@needs_mnist
+def test_pretrained_files_that_do_not_fit_are_one_short_line_and_leave_no_run(tmp_path):
+    # A train.py network (its weights under 'model'), and a dense file of the right name whose
+    # weights belong to another model.
+    net = nn.Sequential(nn.Linear(784, 300), nn.Linear(300, 10))
+    utils.save_checkpoint({'kind': 'train', 'config': {'dataset': 'cifar10'}, 'model': net.state_dict()},
+                          tmp_path / 'model.pt')
+    line = one_line(run_cli('--model', 'lenet300', '--pretrained', tmp_path / 'model.pt', '--save', tmp_path / 'a'))
+    assert 'is not a dense lenet300 model' in line and 'a checkpoint of train.py' in line and len(line) < 300
+    utils.save_checkpoint({'model': 'lenet300', 'state_dict': compress.lenet5().state_dict()}, tmp_path / 'd.pt')
+    line = one_line(run_cli('--model', 'lenet300', '--pretrained', tmp_path / 'd.pt', '--save', tmp_path / 'b'))
+    assert 'does not fit lenet300' in line and 'missing' in line and len(line) < 300
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
+
+
+def test_resume_needs_a_checkpoint_and_keeps_the_runs_flags(tmp_path):
+    (tmp_path / 'empty').mkdir()
+    line = one_line(run_cli('--save', tmp_path / 'empty', '--resume'))
+    assert 'checkpoint.pt is missing' in line
+    assert not (tmp_path / 'empty' / 'log.txt').exists()         # nothing was started
+    # A compression checkpoint (its arguments are all that is read before the flags are compared).
+    args, _ = compress.build_parser().parse([])
+    utils.save_checkpoint({'kind': 'compress', 'args': vars(args)}, tmp_path / 'run' / 'checkpoint.pt')
+    line = one_line(run_cli('--save', tmp_path / 'run', '--resume', '--lambda', '0.01'))
+    assert line.startswith("error: --lambda 0.01 differs from the resumed run's 0.001")
+
+
+def test_epochs_0_needs_pretrained_weights(tmp_path):
+    line = one_line(run_cli('--epochs', 0, '--save', tmp_path / 'run'))
+    assert '--epochs 0 would compress an untrained network' in line and '--pretrained' in line
+    assert not (tmp_path / 'run').exists()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Compression runs on the MNIST subset
 # ----------------------------------------------------------------------------------------------------
@@ -291,8 +330,9 @@ def test_compression_run_removes_most_units_at_near_dense_error(lenet300_run):
     units = {k: [int(u) for u in v.split('-')] for k, v in report['units'].items()}
     assert units['dense'] == [784, 300, 100]
     kept = sum(units['bayesnas']) / sum(units['dense'])
-    # Measured: 784-300-100 -> 336-172-58 (48% of the units, 3.9x fewer parameters), test error
-    # 6.09% dense, 5.96% BayesNAS, 6.22% magnitude. The bounds leave room for other CPUs' rounding.
+    # Measured (fisher curvature): 784-300-100 -> 305-154-66 (44% of the units, 4.6x fewer
+    # parameters), test error 6.09% dense, 6.37% BayesNAS, 6.21% magnitude. The bounds leave room
+    # for other CPUs' rounding.
     assert kept < 0.6, report['units']                      # a large share of the units is gone ...
     assert all(0 < b < d for b, d in zip(units['bayesnas'], units['dense']))
     assert report['compression']['bayesnas'] > 3 and report['speedup']['bayesnas'] > 3
@@ -355,6 +395,17 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     with pytest.raises(Interrupt):
         compress.main(parts + ['--resume'])
     calls.update(n=0, stop=None)
+    # A third stop between an epoch's log lines and its checkpoint (baseline epoch 2): the resumed
+    # run trains that epoch again and must not log it twice.
+    save = compress.Compression.save
+
+    def save_fails(self):
+        raise Interrupt
+    monkeypatch.setattr(compress.Compression, 'save', save_fails)
+    with pytest.raises(Interrupt):
+        compress.main(parts + ['--resume'])
+    monkeypatch.setattr(compress.Compression, 'save', save)
+    assert (tmp_path / 'parts' / 'log.txt').read_text().count('magnitude epoch 2/') == 1
     resumed = compress.main(parts + ['--resume'])
 
     for key in ('units', 'params', 'macs', 'error', 'iterations', 'layers'):
@@ -364,6 +415,13 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         b = torch.load(tmp_path / 'parts' / name, weights_only=False)['state_dict']
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert 'resuming at iteration 1, epoch 1' in (tmp_path / 'parts' / 'log.txt').read_text()
+    # Each epoch is in the metrics and the log once, as in the uninterrupted run.
+    def records(run):
+        lines = (tmp_path / run / 'metrics.jsonl').read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != 'time'} for line in lines]
+    assert records('parts') == records('full')
+    log = (tmp_path / 'parts' / 'log.txt').read_text()
+    assert log.count('iteration 1 epoch 1/2 ') == 1 and log.count('magnitude epoch 2/') == 1
 
 
 @needs_mnist

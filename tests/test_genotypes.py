@@ -1,6 +1,8 @@
 """Genotypes: the two cell forms, validation, named cells, JSON and Python-literal round trips."""
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,11 @@ REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'baye
 PAIRS = [('sep_conv_3x3', 0), ('skip_connect', 1), ('max_pool_3x3', 2), ('sep_conv_3x3', 0)]
 TRIPLES = [('skip_connect', 1, 3), ('sep_conv_5x5', 0, 2), ('avg_pool_3x3', 0, 2), ('sep_conv_5x5', 0, 2),
            ('max_pool_3x3', 2, 3)]
+# TRIPLES repeats an edge, which cell_edges keeps and validate refuses: the valid cell without it.
+UNIQUE_TRIPLES = list(dict.fromkeys(TRIPLES))
 
 
-def small(normal=PAIRS, reduce=TRIPLES, normal_concat=(2, 3), reduce_concat=(2, 3)):
+def small(normal=PAIRS, reduce=UNIQUE_TRIPLES, normal_concat=(2, 3), reduce_concat=(2, 3)):
     return Genotype(normal=list(normal), normal_concat=list(normal_concat),
                     reduce=list(reduce), reduce_concat=list(reduce_concat))
 
@@ -111,6 +115,35 @@ def test_named_aliases_and_unknown_name():
     assert genotypes.from_name('DARTS_V2') is genotypes.DARTS_V2
     with pytest.raises(ValueError, match='DARTS_V1, DARTS_V2.*BayesNAS_0_01'):
         genotypes.from_name('NASNet')
+
+
+def test_a_pasted_genotype_is_a_name(tmp_path):
+    # What a user does with search.py's last line: paste it at the end of genotypes.py.
+    import importlib.util
+    line = genotypes.to_literal(small(), name='Searched')
+    copy = tmp_path / 'genotypes.py'
+    copy.write_text(Path(genotypes.__file__).read_text() + '\n' + line + '\n')
+    spec = importlib.util.spec_from_file_location('pasted_genotypes', copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.NAMES == genotypes.NAMES + ['Searched']
+    assert module.from_name('Searched') == small()
+    assert genotypes.NAMES[:3] == ['DARTS_V1', 'DARTS_V2', 'DARTS'] and 'Searched' not in genotypes.NAMES
+
+
+def test_a_repeated_edge_is_refused_in_triples_and_kept_in_pairs(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("reduce cell: edge ('sep_conv_5x5', 0, 2) is listed twice")):
+        genotypes.validate(small(reduce=TRIPLES))
+    # DARTS pairs: a node's two inputs are two ops; NASNet repeats one (two avg pools of node 0).
+    genotypes.validate(small(normal=[('avg_pool_3x3', 0), ('avg_pool_3x3', 0), ('skip_connect', 2),
+                                     ('sep_conv_3x3', 1)]))
+    # As train.py sees such a file: one line, exit code 2.
+    path = tmp_path / 'genotype.json'
+    path.write_text(json.dumps({**small()._asdict(), 'reduce': TRIPLES}))
+    proc = subprocess.run([sys.executable, 'train.py', '--genotype', str(path), '--data', str(tmp_path)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
+    assert proc.stderr.startswith('error: genotype file') and 'is listed twice' in proc.stderr
 
 
 def _reference_cells(text):

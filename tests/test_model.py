@@ -6,6 +6,7 @@ import torch.nn as nn
 
 import genotypes
 import hessian
+import utils
 from model_search import Edge, Network, NetworkCIFAR, NetworkImageNet
 
 
@@ -60,6 +61,25 @@ def test_darts_v2_has_darts_published_sizes():
         imagenet = NetworkImageNet(48, 1000, 14, True, genotypes.DARTS_V2)
     assert round(count_parameters(cifar), 1) == 3.3
     assert round(count_parameters(imagenet), 1) == 4.7
+
+
+def test_a_cell_that_reads_one_input_has_no_preprocessing_for_the_other():
+    # The same normal cell with and without an extra skip from node 0 (a skip has no parameters):
+    # the difference is exactly node 0's preprocessing in each normal cell.
+    reads_one = [('sep_conv_3x3', 1, 2), ('skip_connect', 1, 3), ('max_pool_3x3', 2, 3)]
+    g = genotypes.DARTS_V2._replace(normal=reads_one, normal_concat=[2, 3])
+    torch.manual_seed(0)
+    one = NetworkCIFAR(8, 10, 5, True, g)
+    both = NetworkCIFAR(8, 10, 5, True, g._replace(normal=reads_one + [('skip_connect', 0, 3)]))
+    normal = [i for i, cell in enumerate(one.cells) if not cell.reduction]
+    assert all(one.cells[i].preprocess0 is None for i in normal)
+    assert all(both.cells[i].preprocess0 is not None for i in normal)
+    unread = sum(p.numel() for i in normal for p in both.cells[i].preprocess0.parameters())
+    assert unread > 0 and utils.count_params(both) - utils.count_params(one) == unread
+    # Every parameter left takes part: a training step gives each one a gradient (DDP needs that).
+    logits, aux = one(images(size=32))
+    (logits.sum() + aux.sum()).backward()
+    assert all(p.grad is not None for p in one.parameters())
 
 
 @pytest.mark.parametrize('name', genotypes.NAMES)

@@ -47,7 +47,7 @@ def test_search_writes_its_run_directory_and_a_valid_cell(data, tmp_path):
     for name in ('gamma.png', 'curves.png', 'cell_normal.png', 'cell_reduce.png'):
         assert (save / name).read_bytes()[:4] == b'\x89PNG', name
     args = json.loads((save / 'args.json').read_text())
-    assert args['lam'] == 0.005 and args['hessian'] == 'fisher' and args['update'] == 'reweight'
+    assert args['lam'] == 0.002 and args['hessian'] == 'fisher' and args['update'] == 'reweight'
     assert args['layers'] == 3
     metrics = [json.loads(line) for line in (save / 'metrics.jsonl').read_text().splitlines()]
     assert {m['phase'] for m in metrics} == {'warmup', 'search', 'update'}
@@ -141,8 +141,9 @@ def test_resume_after_an_interruption_ends_in_the_same_state(data, tmp_path, mon
     extra = ['--checkpoint_freq', '5', '--threshold', '0.5']
     run_search(data, tmp_path / 'whole', *extra)
 
-    # 3 warm-up steps, then the 8th switch step: the last checkpoint is the one after switch step 5.
-    stop_after(monkeypatch, 3 + 8, raise_interrupt)
+    # 3 warm-up steps, then the 9th switch step: the last checkpoint is the one after switch step 5,
+    # and the report of step 8 was logged after it.
+    stop_after(monkeypatch, 3 + 9, raise_interrupt)
     with pytest.raises(Interrupt):
         run_search(data, tmp_path / 'cut', *extra)
     state = torch.load(tmp_path / 'cut' / 'checkpoint.pt', weights_only=False)
@@ -151,7 +152,12 @@ def test_resume_after_an_interruption_ends_in_the_same_state(data, tmp_path, mon
     # Without --resume the directory is refused; with it the search continues.
     with pytest.raises(utils.UserError, match='--resume'):
         run_search(data, tmp_path / 'cut', *extra)
-    search.main(['--save', str(tmp_path / 'cut'), '--resume', '--data', str(data)])
+    # What a kill during a checkpoint write leaves behind: removed when the run is opened again.
+    stale = tmp_path / 'cut' / '.checkpoint.pt.k1ll3d.tmp'
+    stale.write_bytes(b'half a checkpoint')
+    # Only the run directory: --data, --report_freq and --checkpoint_freq are the run's own.
+    search.main(['--save', str(tmp_path / 'cut'), '--resume'])
+    assert not stale.exists()
 
     whole = torch.load(tmp_path / 'whole' / 'checkpoint.pt', weights_only=False)
     cut = torch.load(tmp_path / 'cut' / 'checkpoint.pt', weights_only=False)
@@ -161,7 +167,26 @@ def test_resume_after_an_interruption_ends_in_the_same_state(data, tmp_path, mon
         assert (torch.equal(v, cut['prior'][k]) if torch.is_tensor(v) else v == cut['prior'][k]), k
     assert derive.load_gamma(tmp_path / 'whole')['groups'] == derive.load_gamma(tmp_path / 'cut')['groups']
     assert (tmp_path / 'whole' / 'genotype.json').read_text() == (tmp_path / 'cut' / 'genotype.json').read_text()
-    assert 'resumed at step 8' in (tmp_path / 'cut' / 'log.txt').read_text()
+    assert 'resumed in search iteration 1 at step 5/12' in (tmp_path / 'cut' / 'log.txt').read_text()
+    # The steps between the last checkpoint and the interruption are logged once, as in the whole run.
+    assert step_records(tmp_path / 'cut') == step_records(tmp_path / 'whole')
+    assert step_lines(tmp_path / 'cut') == step_lines(tmp_path / 'whole')
+    resumed_with = next(line for line in (tmp_path / 'cut' / 'log.txt').read_text().splitlines()
+                        if 'resumed with args' in line)
+    args = json.loads(resumed_with.split('resumed with args: ', 1)[1])
+    assert (args['data'], args['report_freq'], args['checkpoint_freq']) == (str(data), 4, 5)
+
+
+def step_records(run):
+    """metrics.jsonl without what depends on the clock."""
+    records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ('time', 'images_per_s', 'curvature_s')} for r in records]
+
+
+def step_lines(run):
+    """The step lines of log.txt, without the time stamp and the speed."""
+    lines = [line.split(' ', 2)[2] for line in (run / 'log.txt').read_text().splitlines() if '  step ' in line]
+    return [line.split('  ', 3)[:3] for line in lines]
 
 
 def test_a_nan_stops_the_search_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
@@ -188,6 +213,8 @@ def test_a_nan_stops_the_search_and_keeps_the_last_good_checkpoint(data, tmp_pat
     (['--warmup_portion', '1'], '--warmup_portion must be in [0, 1)'),
     (['--hessian', 'exact'], "invalid choice: 'exact'"),
     (['--batch_size', '100000'], 'too small for --batch_size 100000'),
+    (['--warmup_portion', '0'], '--warmup_portion 0 leaves the warm-up without images, but --warmup_epochs is 1'),
+    (['--warmup_portion', '0.01'], 'the warm-up part holds 1 images'),
 ])
 def test_bad_flags_are_user_errors(data, tmp_path, argv, message):
     with pytest.raises(utils.UserError, match=message.replace('[', r'\[').replace(')', r'\)')):
@@ -214,6 +241,57 @@ def test_missing_data_is_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith('error: CIFAR-10 not found')
     assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, 'search.py', *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def one_line_error(proc):
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith('error: '), proc.stderr
+    return proc.stderr
+
+
+def test_warmup_portion_0_with_warmup_epochs_0_is_a_search_without_warm_up(data, tmp_path):
+    args, _ = search.configure(['--warmup_portion', '0', '--warmup_epochs', '0'])
+    assert search.phases(args) == [('search', 0)]
+    line = one_line_error(run_cli('--data', data, '--save', tmp_path / 'r', '--warmup_portion', '0'))
+    assert 'warm-up without images' in line and not (tmp_path / 'r').exists()
+
+
+def test_resume_refuses_other_scripts_checkpoints_and_names_flags_as_written(tmp_path):
+    run = tmp_path / 'run'
+    utils.save_checkpoint({'kind': 'train', 'args': {'batch_size': 96}, 'config': {}, 'model': {}},
+                          run / 'checkpoint.pt')
+    line = one_line_error(run_cli('--save', run, '--resume'))
+    assert 'is a checkpoint of train.py, not of search.py' in line
+    # A search checkpoint (its arguments are all that is read before the flags are compared).
+    utils.save_checkpoint({'kind': 'search', 'args': vars(search.build_parser().parse_args([]))},
+                          run / 'checkpoint.pt')
+    line = one_line_error(run_cli('--save', run, '--resume', '--lambda', '0.01'))
+    assert line.startswith("error: --lambda 0.01 differs from the resumed run's 0.002")
+    line = one_line_error(run_cli('--save', run, '--resume', '--lam', '0.01'))
+    assert 'unrecognized arguments: --lam' in line
+
+
+def test_deterministic_flag(data, tmp_path, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    def stop(args, device):
+        raise Stop
+    monkeypatch.setattr(search, 'make_data', stop)
+    assert not torch.are_deterministic_algorithms_enabled()
+    try:
+        with pytest.raises(Stop):
+            search.main(['--data', str(data), '--save', str(tmp_path / 'r'), '--deterministic'])
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    assert search.configure([])[0].deterministic is False
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -146,6 +146,29 @@ def test_eval_only_reports_the_runs_test_accuracy(learned, capsys):
     assert stored['test_acc'] == result['test_acc'] and stored['epochs'] == 4
 
 
+@needs_cifar
+def test_eval_only_takes_the_runs_data_and_reads_only_the_test_batch(learned, tmp_path, capsys):
+    data, run, result = learned
+    # No --data: the network was trained on `data`, saved with it.
+    assert train.main(['--eval_only', str(run / 'model.pt')])['test_acc'] == result['test_acc']
+    # A folder with the test batch alone is enough.
+    only_test = tmp_path / 'test-only' / 'cifar-10-batches-py'
+    only_test.mkdir(parents=True)
+    (only_test / 'test_batch').write_bytes((data / 'cifar-10-batches-py' / 'test_batch').read_bytes())
+    evaluated = train.main(['--eval_only', str(run / 'model.pt'), '--data', str(only_test.parent)])
+    assert evaluated['test_acc'] == result['test_acc']
+    # A network saved without its run's arguments, and no data at the default place: one clear line.
+    state = torch.load(run / 'model.pt', weights_only=False)
+    del state['args']
+    utils.save_checkpoint(state, tmp_path / 'model.pt')
+    if (REPO / 'data').exists():
+        pytest.skip('a data folder in the repository stands where the default should be missing')
+    proc = subprocess.run([sys.executable, 'train.py', '--eval_only', str(tmp_path / 'model.pt')], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
+    assert 'test_batch is missing' in proc.stderr and '--data data is the default; pass --data' in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Resuming
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +210,8 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_cifar, tm
     assert ([{k: m[k] for k in same} for m in metrics(tmp_path / 'resumed')] ==
             [{k: m[k] for k in same} for m in metrics(tmp_path / 'whole')])
     assert metrics(tmp_path / 'whole')[2]['drop_path_prob'] == pytest.approx(0.2)
+    # The 3rd epoch, logged before the interruption and trained again, is logged once.
+    assert (tmp_path / 'resumed' / 'log.txt').read_text().count('epoch 3/3') == 1
 
 
 def test_resume_keeps_the_runs_configuration(tiny_cifar, tmp_path, capsys):
@@ -277,6 +302,26 @@ def test_two_processes_train_like_one_process_with_batchnorm_per_slice(tiny_cifa
     # Per-slice BatchNorm makes a difference far above that tolerance (0.09 in the running
     # statistics, 0.01 in the weights), so the comparison can tell the two apart.
     assert max_difference(ref1, two_weights) > 1e-3
+
+
+# Normal cells that read only their second input (node 1): they build no preprocessing for node 0.
+ONE_INPUT = genotypes.Genotype(
+    normal=[('sep_conv_3x3', 1, 2), ('skip_connect', 1, 3), ('max_pool_3x3', 2, 3)], normal_concat=[2, 3],
+    reduce=genotypes.DARTS_V2.reduce, reduce_concat=genotypes.DARTS_V2.reduce_concat)
+
+
+def test_two_processes_train_a_cell_that_reads_one_input(tiny_cifar, tmp_path):
+    # DDP without unused-parameter detection fails in the second step if some parameter gets no
+    # gradient, as an unread input's preprocessing would not.
+    path = tmp_path / 'one_input.json'
+    genotypes.save_json(ONE_INPUT, path)
+    argv = tiny_args(tiny_cifar, tmp_path / 'run', '--genotype', path, '--epochs', 1, '--batch_size', 32,
+                     '--drop_path_prob', 0)
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                           '--standalone', 'train.py', *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [m['epoch'] for m in metrics(tmp_path / 'run')] == [1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,3 +444,24 @@ def test_corrupt_or_foreign_checkpoints(tiny_cifar, tmp_path, capsys):
     # --eval_only takes everything but where and how from the checkpoint.
     line = user_error(['--eval_only', str(run / 'model.pt'), '--layers', '8'], capsys)
     assert '--layers does not apply to --eval_only' in line
+    # A checkpoint of search.py is named as such.
+    utils.save_checkpoint({'kind': 'search', 'args': {}, 'model': {}}, run / 'checkpoint.pt')
+    assert 'is a checkpoint of search.py, not of train.py' in user_error(['--save', str(run), '--resume'], capsys)
+
+
+def test_deterministic_flag(tiny_cifar, tmp_path, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    def stop(args, device, ddp):
+        raise Stop
+    monkeypatch.setattr(train, 'load_data', stop)
+    assert not torch.are_deterministic_algorithms_enabled()
+    try:
+        with pytest.raises(Stop):
+            train.main(tiny_args(tiny_cifar, tmp_path / 'run', '--deterministic'))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    assert train.fresh_args({})['deterministic'] is False

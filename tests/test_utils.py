@@ -116,6 +116,34 @@ def test_mnist_missing_is_user_error(tmp_path):
         utils.load_mnist(tmp_path)
 
 
+def test_cifar_test_set_alone_reads_only_test_batch(tmp_path):
+    written = write_cifar(tmp_path / 'cifar-10-batches-py')
+    for i in range(1, 6):
+        (tmp_path / 'cifar-10-batches-py' / f'data_batch_{i}').unlink()
+    d = utils.load_cifar10(tmp_path, train=False)
+    assert set(d) == {'test_x', 'test_y'}
+    assert d['test_x'].flatten(1).numpy().tolist() == written[-1][0].tolist()
+    (tmp_path / 'cifar-10-batches-py' / 'test_batch').unlink()
+    with pytest.raises(utils.UserError, match='test_batch is missing .expected test_batch in'):
+        utils.load_cifar10(tmp_path, train=False)
+
+
+@needs_mnist
+def test_truncated_mnist_is_reported_as_truncated_not_missing(tmp_path):
+    raw = tmp_path / 'MNIST' / 'raw'
+    raw.mkdir(parents=True)
+    for name in utils.MNIST_FILES:
+        (raw / name).write_bytes((MNIST_SUBSET / 'MNIST' / 'raw' / name).read_bytes())
+    images = raw / 'train-images-idx3-ubyte'
+    images.write_bytes(images.read_bytes()[:100000])
+    with pytest.raises(utils.UserError, match='truncated or corrupt') as err:
+        utils.load_mnist(tmp_path)
+    assert 'not found' not in str(err.value)
+    images.unlink()
+    with pytest.raises(utils.UserError, match='MNIST not found.*train-images-idx3-ubyte is missing'):
+        utils.load_mnist(tmp_path)
+
+
 def test_imagenet_loaders_read_folders(tmp_path):
     from PIL import Image
     for split in ('train', 'val'):
@@ -320,6 +348,18 @@ def test_get_device():
             utils.get_device(0)
 
 
+def test_get_device_deterministic_mode():
+    assert not torch.are_deterministic_algorithms_enabled()
+    try:
+        utils.get_device(None, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert utils.os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+
+
 def draw():
     return random.random(), float(np.random.rand()), torch.rand(3).tolist()
 
@@ -403,6 +443,95 @@ def test_rundir_refuses_an_existing_run_without_resume(tmp_path):
     log = again.file('log.txt').read_text()
     assert 'first' in log and 'second' in log and '"lr": 0.2' in log
     assert json.loads(again.file('args.json').read_text()) == {'lr': 0.1}
+
+
+def test_rundir_removes_stale_temporaries_and_rewinds_its_files(tmp_path):
+    run = utils.RunDir(tmp_path / 'run', {'lr': 0.1})
+    run.log('step 1')
+    run.metric(step=1)
+    sizes = run.sizes()
+    run.log('step 2, after the checkpoint')
+    run.metric(step=2)
+    # What a kill during a checkpoint write leaves, and a file of the user that only looks alike.
+    stale = run.file('.checkpoint.pt.abc123.tmp')
+    stale.write_bytes(b'half a checkpoint')
+    other = run.file('notes.tmp')
+    other.write_text('mine')
+    again = utils.RunDir(tmp_path / 'run', {'lr': 0.1}, resume=True, rewind=sizes)
+    assert not stale.exists() and other.exists()
+    log = again.file('log.txt').read_text()
+    assert 'step 1' in log and 'after the checkpoint' not in log and 'resumed with args' in log
+    assert [json.loads(l)['step'] for l in again.file('metrics.jsonl').read_text().splitlines()] == [1]
+
+
+def test_trim_metrics_keeps_the_records_asked_for(tmp_path):
+    path = tmp_path / 'metrics.jsonl'
+    path.write_text(''.join(json.dumps({'step': i}) + '\n' for i in range(5)) + '{"step": 5, "lo')
+    utils.trim_metrics(path, lambda r: r['step'] <= 2)
+    assert [json.loads(l)['step'] for l in path.read_text().splitlines()] == [0, 1, 2]
+    utils.trim_metrics(tmp_path / 'none.jsonl', lambda r: True)     # no file: nothing to do
+    assert not (tmp_path / 'none.jsonl').exists()
+
+
+def test_atomic_writes_get_the_mode_of_ordinary_files(tmp_path):
+    old = utils.os.umask(0o022)
+    try:
+        utils.save_checkpoint({'epoch': 1}, tmp_path / 'checkpoint.pt')
+        utils.write_text_atomic(tmp_path / 'args.json', '{}')
+        utils.RunDir(tmp_path / 'run', {'lr': 0.1})
+        plain = tmp_path / 'plain.txt'
+        plain.write_text('x')
+    finally:
+        utils.os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in
+             (tmp_path / 'checkpoint.pt', tmp_path / 'args.json', tmp_path / 'run' / 'args.json', plain)}
+    assert modes == dict.fromkeys(modes, 0o644)
+
+
+def test_a_failed_write_names_its_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / 'checkpoint.pt'
+    utils.save_checkpoint({'epoch': 1}, path)
+
+    def full_disk(fd):
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(utils.os, 'fsync', full_disk)
+    with pytest.raises(OSError) as err:
+        utils.save_checkpoint({'epoch': 2}, path)
+    monkeypatch.undo()
+    assert err.value.filename == str(path)
+    assert utils.os_error_line(err.value) == f'No space left on device: {path}'
+    assert utils.load_checkpoint(path)['epoch'] == 1 and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_rundir_refuses_a_file_where_the_directory_should_be(tmp_path):
+    (tmp_path / 'afile').write_text('')
+    with pytest.raises(utils.UserError, match='--save .*afile is a file, not a run directory'):
+        utils.RunDir(tmp_path / 'afile', {'lr': 0.1})
+    with pytest.raises(utils.UserError, match='--out .*afile/run: .*afile is a file, not a directory'):
+        utils.RunDir(tmp_path / 'afile' / 'run', {'lr': 0.1}, flag='--out')
+
+
+def test_checkpoint_kinds_new_and_old():
+    assert utils.checkpoint_kind({'kind': 'train', 'prior': 1}) == 'train'
+    assert utils.checkpoint_kind({'prior': {}, 'switch_optimizer': {}, 'phase': 1, 'step': 0}) == 'search'
+    assert utils.checkpoint_kind({'config': {}, 'model': {}, 'epoch': 3}) == 'train'
+    assert utils.checkpoint_kind({'script': 'compress', 'args': {}}) == 'compress'
+    assert utils.checkpoint_kind({'model': {}}) is None
+    with pytest.raises(utils.UserError, match='x.pt is a checkpoint of train.py, not of search.py'):
+        utils.require_kind({'kind': 'train'}, 'search', 'x.pt')
+    with pytest.raises(utils.UserError, match='x.pt is not a checkpoint of search.py'):
+        utils.require_kind({'model': {}}, 'search', 'x.pt')
+
+
+def test_state_dict_mismatch_is_short():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    assert utils.state_dict_mismatch(net, net.state_dict()) is None
+    other = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2), nn.Linear(2, 2)).state_dict()
+    del other['0.bias']
+    assert utils.state_dict_mismatch(net, other) == (
+        '1 missing (e.g. 0.bias), 2 unexpected (e.g. 2.weight), 2 of another shape (e.g. 0.weight: '
+        '[5, 3] instead of [4, 3])')
 
 
 def test_plot_curves(tmp_path):
@@ -500,3 +629,83 @@ def test_cli_in_process(capsys):
     calls = []
     utils.cli(lambda: calls.append(1))  # a normal run returns without exiting
     assert calls == [1]
+
+
+def test_cli_turns_an_os_error_into_one_line(capsys):
+    def full_disk():
+        raise OSError(28, 'No space left on device', 'runs/x/checkpoint.pt')
+
+    with pytest.raises(SystemExit) as e:
+        utils.cli(full_disk)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == 'error: No space left on device: runs/x/checkpoint.pt\n'
+
+
+def parser():
+    p = utils.Parser('tool.py')
+    p.add_argument('--lambda', dest='lam', type=float, default=0.005)
+    p.add_argument('--data', default='data')
+    p.add_argument('--report_freq', type=int, default=50)
+    p.add_argument('--untie', action='store_true')
+    p.add_argument('--resume', action='store_true')
+    return p
+
+
+def test_parser_says_which_flags_were_given_and_refuses_abbreviations():
+    args, given = parser().parse(['--lambda', '0.01', '--data', 'data'])
+    assert (args.lam, args.data, args.report_freq) == (0.01, 'data', 50)
+    assert given == {'lam': 0.01, 'data': 'data'}         # a default given explicitly counts too
+    assert parser().option('lam') == '--lambda'
+    with pytest.raises(utils.UserError, match=r"unrecognized arguments: --lam 0.01 \(see python tool.py --help\)"):
+        parser().parse(['--lam', '0.01'])
+
+
+def test_resumed_args_keep_the_run_and_refuse_changes():
+    stored = {'lam': 0.01, 'data': 'somewhere', 'report_freq': 7, 'resume': False}   # no --untie yet
+    p = parser()
+    # Nothing given again: everything as the run was started; a flag it predates: its default.
+    assert utils.resumed_args(p, stored, {'resume': True}, {'data', 'report_freq', 'resume'}) == \
+        {'lam': 0.01, 'data': 'somewhere', 'report_freq': 7, 'untie': False, 'resume': True}
+    # Where and how it runs may change; the same value of another flag is no change.
+    got = utils.resumed_args(p, stored, {'data': 'here', 'report_freq': 3, 'lam': 0.01}, {'data', 'report_freq'})
+    assert (got['data'], got['report_freq'], got['lam']) == ('here', 3, 0.01)
+    with pytest.raises(utils.UserError, match=r"^--lambda 0.02 differs from the resumed run's 0.01; .*--data"):
+        utils.resumed_args(p, stored, {'lam': 0.02}, {'data', 'report_freq'})
+    with pytest.raises(utils.UserError, match="--untie True differs from the resumed run's False"):
+        utils.resumed_args(p, stored, {'untie': True}, {'data'})
+
+
+# ---------------------------------------------------------------------------------------------
+# What every script does with its run directory (subprocesses from the repository root)
+# ---------------------------------------------------------------------------------------------
+
+SCRIPT_DATA = {'search.py': ['--data', CIFAR_SUBSET], 'train.py': ['--data', CIFAR_SUBSET],
+               'compress.py': ['--data', MNIST_SUBSET]}
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**utils.os.environ, 'OMP_NUM_THREADS': '1'})
+
+
+@needs_cifar
+@needs_mnist
+@pytest.mark.parametrize('script', sorted(SCRIPT_DATA))
+def test_save_naming_a_file_is_one_line(script, tmp_path):
+    afile = tmp_path / 'afile'
+    afile.write_text('')
+    proc = run_script(script, *SCRIPT_DATA[script], '--save', afile)
+    assert proc.returncode == 2
+    assert proc.stderr == f'error: --save {afile} is a file, not a run directory; choose another --save\n'
+
+
+@needs_cifar
+@pytest.mark.skipif(not Path('/dev/full').exists(), reason='no /dev/full to stand for a full disk')
+def test_a_full_disk_is_one_line(tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'log.txt').symlink_to('/dev/full')      # every write to it fails: no space left
+    proc = run_script('search.py', '--data', CIFAR_SUBSET, '--save', run, '--layers', '3',
+                      '--init_channels', '4')
+    assert proc.returncode == 2
+    assert proc.stderr == f'error: No space left on device: {run / "log.txt"}\n'
