@@ -20,7 +20,6 @@ share it and the comparison takes minutes; on a CPU each process takes one threa
 Writes SAVE/score.json (default SAVE: RUN_DIR/score): per cell its genotype, weights and held-out
 accuracy per seed, and prints a table ordered by mean held-out accuracy.
 """
-import argparse
 import concurrent.futures
 import json
 import math
@@ -45,14 +44,9 @@ SLOTS = [(op, src, dst) for dst in NODES for src in range(dst) for op in genotyp
 # Configuration
 # ----------------------------------------------------------------------------------------------------
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise utils.UserError(f'{message} (see python score.py --help)')
-
-
 def build_parser():
-    p = Parser(description='Score a searched cell against random cells of the same size (see the '
-                           'module docstring).', allow_abbrev=False)
+    p = utils.Parser('score.py', description='Score a searched cell against random cells of the same '
+                     'size (see the module docstring).')
     p.add_argument('run_dir', nargs='?', help='search run directory (its genotype.json is scored)')
     p.add_argument('--genotype', help='genotype JSON file to score instead of RUN_DIR/genotype.json')
     p.add_argument('--data', default='data', help='folder holding cifar-10-batches-py (default: data)')
