@@ -37,7 +37,7 @@ def test_stability_counts_survival_and_agreement(tmp_path):
     assert [round(v, 9) for v in out['jaccard'].values()] == [round(2 / 5, 9)]         # shared: sep 0->2 and skip 2->3; 5 in all
     template = stability.template()
     assert len(template) == 2 * (4 * 7 + 6)
-    assert out['template'][0] == 3 / len(template)          # sep_conv and max_pool into 2, skip 2->3
+    assert out['template'][0] == 4 / len(template)          # all four of a's ops are in the template
 
 
 def test_a_run_without_a_genotype_is_one_line(tmp_path):
