@@ -196,11 +196,22 @@ def train_one(job):
 
 
 def run_jobs(jobs, workers):
+    """train_one of every job, in the jobs' order; a line as each training ends."""
+    def done(i, result):
+        print(f'training {i + 1}/{len(jobs)} ({jobs[i]["name"]}, seed {jobs[i]["seed"]}): held-out '
+              f'accuracy {result["valid_acc"]:.2f} % in {utils.format_time(result["seconds"])}', flush=True)
+        return result
+
     if workers == 1:
-        return [train_one(job) for job in jobs]
+        return [done(i, train_one(job)) for i, job in enumerate(jobs)]
     # spawn: a fresh interpreter per worker (CUDA cannot be used in a forked child).
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
-        return list(pool.map(train_one, jobs))
+        futures = {pool.submit(train_one, job): i for i, job in enumerate(jobs)}
+        results = {}
+        for future in concurrent.futures.as_completed(futures):
+            i = futures[future]
+            results[i] = done(i, future.result())
+    return [results[i] for i in range(len(jobs))]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,7 +227,7 @@ def main(argv=None):
     cells = [('searched', searched)] + [(f'random {i + 1}', g) for i, g in enumerate(random_genotypes(searched, args))]
     config = {k: v for k, v in vars(args).items() if k not in ('run_dir', 'genotype', 'save', 'jobs')}
     threads = 1 if args.jobs > 1 else torch.get_num_threads()
-    jobs = [dict(args=config, genotype=g, seed=s, threads=threads) for _, g in cells for s in args.seeds]
+    jobs = [dict(args=config, genotype=g, seed=s, threads=threads, name=name) for name, g in cells for s in args.seeds]
     tic = time.time()
     results = iter(run_jobs(jobs, args.jobs))
     rows = []
