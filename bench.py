@@ -370,7 +370,7 @@ def main(argv=None):
         if key == 'curvature':
             show_curvature(report[key])
         report['seconds'] = time.perf_counter() - t0
-        out.write_text(json.dumps(report, indent=2) + '\n')      # what is measured is kept
+        utils.write_text_atomic(out, json.dumps(report, indent=2) + '\n')      # what is measured is kept
     if report['curvature']:
         report['projection'] = project(report, cfg)
         say()
@@ -378,7 +378,7 @@ def main(argv=None):
             say(f"projection from the --quick sizes ({cfg['layers']} cells, {cfg['C']} channels), "
                 f"not from the default network:")
         show_projection(report['projection'])
-    out.write_text(json.dumps(report, indent=2) + '\n')
+    utils.write_text_atomic(out, json.dumps(report, indent=2) + '\n')
     say(f'\nwrote {args.out} ({report["seconds"]:.0f} s)')
     return report
 

@@ -22,7 +22,6 @@ accuracy per seed, and prints a table ordered by mean held-out accuracy.
 """
 import concurrent.futures
 import json
-import math
 import multiprocessing
 import random
 import time

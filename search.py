@@ -59,7 +59,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import derive
-import genotypes
 import utils
 from hessian import METHODS, RULES, ProxAdam, switch_curvature
 from model_search import Network

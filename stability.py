@@ -12,7 +12,6 @@ kept (cell type, op, from, to) sets for every pair of runs; and each run's Jacca
 template that needs no search (every op on the four edges from the inputs into nodes 2 and 3,
 skip_connect on every edge between intermediate nodes).
 """
-import argparse
 import itertools
 import json
 from pathlib import Path
