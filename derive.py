@@ -14,10 +14,16 @@ Two rules, both applied to the effective (coupled) gamma of every switch group:
                 operations are never chosen. With K = 2 and two edges for every node the cell is
                 written as DARTS (op, input) pairs, otherwise as (op, from, to) triples.
 
+In the NAS-Bench-201 space (gamma.json's "space": "nb201") a cell has one op per edge: the threshold
+rule keeps the strongest surviving op of each edge, an edge with none is 'none', and the derived cell
+is printed as the benchmark's architecture string; --topk does not apply there, and --benchmark FILE
+prints the cell's accuracies from a table of the benchmark the user has.
+
 Both rules respect the cell's dependency structure: nodes are visited in order, an edge is only
 kept when its source node is alive (an input, or an intermediate node with a kept incoming edge),
-and dead nodes leave the concatenation. Every live node is in the concatenation, so every kept
-operation lies on a path from an input to the cell's output. A cell with no live node is an error.
+and dead nodes leave the concatenation. Every live node is in the concatenation (NAS-Bench-201: ops into
+a node that does not reach the output node are dropped), so every kept operation lies on a path from
+an input to the cell's output. A cell with no live node is an error.
 
 A threshold above the search's keeps a subset of what the search kept. One below it can only
 revive groups pruned in the search's last iteration: they count with the gamma they were pruned at
@@ -26,7 +32,7 @@ stay pruned, because their switches were not trained after that. Tables without 
 searches) are refused below the search's threshold rather than read as if nothing had been pruned.
 
 Writes genotype.json, genotype.py (a line that pastes into genotypes.py) and cell_normal.png,
-cell_reduce.png, each atomically, and prints the literal and where the files went. The search's own
+cell_reduce.png (NAS-Bench-201: genotype.json and cell.png), each atomically, and prints the literal and where the files went. The search's own
 rule (no flag, or --threshold equal to the search's) writes into RUN_DIR, as search.py did; any other
 rule writes into a folder of its own, RUN_DIR/derived-threshold-T or RUN_DIR/derived-topk-K, so that
 the search's genotype is never overwritten; --out DIR overrides either.
@@ -38,11 +44,18 @@ from collections import defaultdict
 from pathlib import Path
 
 import genotypes
+import spaces
 import utils
 
-CELL_TYPES = ('normal', 'reduce')
-OUTPUTS = ('genotype.json', 'genotype.py', 'cell_normal.png', 'cell_reduce.png')
-INPUTS = (0, 1)
+DARTS = spaces.SPACES['darts']
+CELL_TYPES = DARTS.cell_types
+INPUTS = DARTS.inputs
+
+
+def outputs(space):
+    """The files a derivation writes in the space."""
+    literal = ('genotype.py',) if space.name == 'darts' else ()
+    return ('genotype.json',) + literal + tuple(file for file, _, _ in space.pictures)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -63,7 +76,16 @@ def load_gamma(run_dir):
         raise utils.UserError(f'{path} is unreadable or not JSON: {e}') from e
     if not isinstance(doc, dict) or not isinstance(doc.get('groups'), list):
         raise utils.UserError(f'{path} is not a search gamma table: no "groups" list')
+    space_of(doc)
     return doc
+
+
+def space_of(doc):
+    """The Space a gamma.json was searched in (tables written before spaces existed: darts)."""
+    try:
+        return spaces.get(doc.get('space', 'darts'))
+    except ValueError as e:
+        raise utils.UserError(f'gamma.json: {e}') from e
 
 
 def row_key(index, row):
@@ -98,7 +120,7 @@ def _row_flag(row, field):
     return row[field]
 
 
-def _position(row):
+def _position(row, space):
     """(cell_type, src, dst, op) of a table row; op is None for an edge switch.
 
     Rows written by search.py carry these fields; bare HardPrior.table() rows of a tied supernet are
@@ -111,14 +133,14 @@ def _position(row):
     except (IndexError, ValueError):
         raise ValueError(f'gamma table row {key!r}: no "from->to" edge in its key') from None
     op = row['op'] if 'op' in row else (parts[2] if len(parts) > 2 else None)
-    if cell_type not in CELL_TYPES:
+    if cell_type not in space.cell_types:
         raise ValueError(f'gamma table row {key!r}: unknown cell type {cell_type!r}')
-    if op is not None and op not in genotypes.CANDIDATES:
+    if op is not None and op not in space.candidates:
         raise ValueError(f'gamma table row {key!r}: unknown operation {op!r}')
     return cell_type, src, dst, op
 
 
-def cell_tables(rows):
+def cell_tables(rows, space=DARTS):
     """{cell_type: {(src, dst): {'gamma': g, 'pruned': p, 'ops': {op: {'gamma': g, 'pruned': p}}}}}.
 
     Untied searches have one row per cell for the same position: their gammas are averaged, and a
@@ -126,8 +148,8 @@ def cell_tables(rows):
     collected = defaultdict(list)
     for index, row in enumerate(rows):
         row_key(index, row)
-        collected[_position(row)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned')))
-    tables = {t: {} for t in CELL_TYPES}
+        collected[_position(row, space)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned')))
+    tables = {t: {} for t in space.cell_types}
     for (cell_type, src, dst, op), values in collected.items():
         entry = dict(gamma=sum(g for g, _ in values) / len(values), pruned=all(p for _, p in values))
         edge = tables[cell_type].setdefault((src, dst), dict(gamma=math.inf, pruned=False, ops={}))
@@ -145,48 +167,55 @@ def cell_tables(rows):
 # Derivation rules
 # ----------------------------------------------------------------------------------------------------
 
-def _op_order(op):
-    return genotypes.CANDIDATES.index(op)
-
-
-def _alive_ops(edge):
+def _alive_ops(edge, space):
     """The edge's unpruned operations with gamma > 0, strongest first."""
     if edge['pruned']:
         return []
     ops = [(op, v['gamma']) for op, v in edge['ops'].items() if not v['pruned'] and v['gamma'] > 0]
-    return sorted(ops, key=lambda o: (-o[1], _op_order(o[0])))
+    return sorted(ops, key=lambda o: (-o[1], space.candidates.index(o[0])))
 
 
-def _threshold_choice(candidates, threshold):
-    """Every (src, op) whose gamma and edge gamma clear the threshold."""
-    return [(src, op) for src, edge in candidates if edge['gamma'] >= threshold
-            for op, gamma in _alive_ops(edge) if gamma >= threshold]
+def _threshold_choice(candidates, threshold, space):
+    """Every (src, op) whose gamma and edge gamma clear the threshold; in a space of one op per edge,
+    the strongest of them."""
+    chosen = []
+    for src, edge in candidates:
+        ops = [op for op, gamma in _alive_ops(edge, space) if gamma >= threshold] if edge['gamma'] >= threshold else []
+        chosen += [(src, op) for op in ops[:1 if space.one_op_per_edge else None]]
+    return chosen
 
 
-def _topk_choice(candidates, k):
+def _topk_choice(candidates, k, space):
     """The strongest operation of each of the k strongest edges."""
-    strongest = [(ops[0][1], src, ops[0][0]) for src, edge in candidates for ops in [_alive_ops(edge)] if ops]
+    strongest = [(ops[0][1], src, ops[0][0]) for src, edge in candidates for ops in [_alive_ops(edge, space)] if ops]
     strongest.sort(key=lambda s: (-s[0], s[1]))
     return [(src, op) for _, src, op in strongest[:k]]
 
 
-def derive_cell(edges, cell_type, threshold=None, topk=None):
+def derive_cell(edges, cell_type, threshold=None, topk=None, space=DARTS):
     """Kept (op, src, dst) edges and the concat of one cell, visiting nodes in order so that only
-    edges out of live nodes are considered. UserError when no intermediate node survives."""
+    edges out of live nodes are considered, then keeping only what reaches the cell's output nodes.
+    UserError when no output node survives."""
     nodes = sorted({dst for _, dst in edges})
-    live, kept = set(INPUTS), []
+    live, kept = set(space.inputs), []
     for dst in nodes:
         candidates = [(src, edges[(src, d)]) for src, d in sorted(edges) if d == dst and src in live]
-        chosen = _threshold_choice(candidates, threshold) if topk is None else _topk_choice(candidates, topk)
+        chosen = (_threshold_choice(candidates, threshold, space) if topk is None
+                  else _topk_choice(candidates, topk, space))
         if chosen:
             live.add(dst)
             kept += [(op, src, dst) for src, op in chosen]
-    concat = sorted(live - set(INPUTS))
+    concat = sorted(n for n in live - set(space.inputs) if space.outputs is None or n in space.outputs)
+    useful = set(concat)
+    for _, src, dst in sorted(kept, key=lambda e: -e[2]):
+        if dst in useful:
+            useful.add(src)
+    kept = [e for e in kept if e[2] in useful]
     if not concat:
         rule = f'threshold {threshold:g}' if topk is None else f'topk {topk}'
         raise utils.UserError(f'the {cell_type} cell is empty under {rule}: no operation into any '
-                              f'intermediate node survives (lower the threshold, or search with a '
-                              f'smaller lambda)')
+                              f'{"output" if space.outputs else "intermediate"} node survives (lower '
+                              f'the threshold, or search with a smaller lambda)')
     return kept, concat
 
 
@@ -220,15 +249,18 @@ def _check_rule(threshold, topk):
         raise utils.UserError(f'--topk must be at least 1, got {topk}')
 
 
-def derive_from_table(rows, threshold=None, topk=None, notes=None):
+def derive_from_table(rows, threshold=None, topk=None, notes=None, space=DARTS):
     """Genotype from gamma-table rows (gamma.json's "groups" or HardPrior.table()): exactly one of
     threshold (the BayesNAS rule) and topk (the DARTS-comparable rule). A list passed as notes
     receives one line per cell that --topk 2 could not write as DARTS pairs."""
     _check_rule(threshold, topk)
-    tables = cell_tables(rows)
+    if topk is not None and space.one_op_per_edge:
+        raise utils.UserError(f'--topk does not apply to the {space.name} space, whose nodes read every '
+                              f'earlier node; its cells keep the strongest surviving op of each edge')
+    tables = cell_tables(rows, space)
     cells = {}
-    for cell_type in CELL_TYPES:
-        kept, concat = derive_cell(tables[cell_type], cell_type, threshold, topk)
+    for cell_type in space.cell_types:
+        kept, concat = derive_cell(tables[cell_type], cell_type, threshold, topk, space)
         nodes = sorted({dst for _, dst in tables[cell_type]})
         pairs = _as_pairs(kept, nodes) if topk == 2 else None
         if topk == 2 and pairs is None and notes is not None:
@@ -236,8 +268,7 @@ def derive_from_table(rows, threshold=None, topk=None, notes=None):
         # Triples in the order of genotypes.cell_edges (node, source, op name); pairs in node order,
         # strongest input first, as DARTS writes them.
         cells[cell_type] = (pairs, nodes) if pairs else (genotypes.cell_edges(kept), concat)
-    return genotypes.Genotype(normal=cells['normal'][0], normal_concat=cells['normal'][1],
-                              reduce=cells['reduce'][0], reduce_concat=cells['reduce'][1])
+    return space.genotype(cells)
 
 
 def _doc_field(doc, field, check, what):
@@ -299,7 +330,7 @@ def derive(doc, threshold=None, topk=None, notes=None):
     _check_rule(threshold, topk)
     try:
         rows = doc['groups'] if topk is not None else rows_at(doc, threshold)
-        return derive_from_table(rows, threshold=threshold, topk=topk, notes=notes)
+        return derive_from_table(rows, threshold=threshold, topk=topk, notes=notes, space=space_of(doc))
     except ValueError as e:
         raise utils.UserError(str(e)) from e
 
@@ -307,13 +338,6 @@ def derive(doc, threshold=None, topk=None, notes=None):
 # ----------------------------------------------------------------------------------------------------
 # Outputs: genotype files and pictures
 # ----------------------------------------------------------------------------------------------------
-
-def genotype_json(genotype):
-    """The JSON text of genotypes.save_json (same layout, so genotypes.load_json reads it back),
-    as a string, so that it can be written atomically."""
-    g = genotypes.canonical(genotype)
-    return json.dumps({field: getattr(g, field) for field in genotypes.Genotype._fields}, indent=1) + '\n'
-
 
 def _written(path, write):
     """write(path); an OSError (disk full, no permission, a folder in the way) becomes one line."""
@@ -336,14 +360,15 @@ def output_dir(out_dir):
 
 
 def write_genotype(genotype, out_dir, note):
-    """genotype.json and genotype.py (a comment line, then the literal), each written atomically;
-    returns the literal."""
+    """genotype.json and, for a DARTS genotype, genotype.py (a comment line, then the literal), each
+    written atomically; returns the line that names the genotype (spaces.describe)."""
     out_dir = output_dir(out_dir)
-    literal = genotypes.to_literal(genotype)
-    text = genotype_json(genotype)
+    line = spaces.describe(genotype)
+    text = genotypes.json_text(genotype)
     _written(out_dir / 'genotype.json', lambda p: utils.write_text_atomic(p, text))
-    _written(out_dir / 'genotype.py', lambda p: utils.write_text_atomic(p, f'# {note}\n{literal}\n'))
-    return literal
+    if not isinstance(genotype, str):
+        _written(out_dir / 'genotype.py', lambda p: utils.write_text_atomic(p, f'# {note}\n{line}\n'))
+    return line
 
 
 def save_figure(fig, path, dpi):
@@ -403,14 +428,15 @@ def _arc_point(a, b, rad, t):
     return u * u * x0 + 2 * u * t * cx + t * t * x1, u * u * y0 + 2 * u * t * cy + t * t * y1
 
 
-def _draw_nodes(ax, pos, fed):
+def _draw_nodes(ax, pos, fed, inputs):
     """One boxed name per node, numbered as in the genotype; a node without operations into it
     (dead) is dashed and grey."""
-    names = {0: '0  $c_{k-2}$', 1: '1  $c_{k-1}$', 'out': '$c_{k}$'}
+    names = {0: '0  $c_{k-2}$', 1: '1  $c_{k-1}$'} if len(inputs) == 2 else {0: '0  $c_{k-1}$'}
+    names['out'] = '$c_{k}$'
     texts = []
     for n, (x, y) in pos.items():
-        dead = n not in fed and n not in ('out',) + INPUTS
-        face = 'lightblue' if n in INPUTS else 'palegoldenrod' if n == 'out' else 'white' if dead else 'lightgray'
+        dead = n not in fed and n not in ('out',) + tuple(inputs)
+        face = 'lightblue' if n in inputs else 'palegoldenrod' if n == 'out' else 'white' if dead else 'lightgray'
         name = f'{n}\n(dead)' if dead else names.get(n, str(n))
         texts.append(ax.text(x, y, name, ha='center', va='center', fontsize=NODE_FONT - 2 * dead, zorder=3,
                              color='0.5' if dead else 'k', bbox=dict(
@@ -494,7 +520,7 @@ def _fit(fig, ax, pos, labels, concat, scale):
     ax.set_ylim(bottom, top)
 
 
-def plot_cell(cell, concat, path, title):
+def plot_cell(cell, concat, path, title, inputs=INPUTS):
     """Draw one cell (DARTS pairs or triples) and save it to path (None: do not save); returns the
     Figure. One arrow per edge, labelled with all of its operations; nodes numbered as in the
     genotype; the figure grows with its labels until none overlaps another or a node."""
@@ -514,7 +540,7 @@ def plot_cell(cell, concat, path, title):
     fig.text(0.5, 1, f'{title}: {len(edges)} operation{"s" * (len(edges) != 1)} on {len(labels)} '
              f'edge{"s" * (len(labels) != 1)}', ha='center', va='top', fontsize=TITLE_FONT,
              transform=fig.transFigure + below_top)
-    nodes = _draw_nodes(ax, pos, fed)
+    nodes = _draw_nodes(ax, pos, fed, inputs)
     items = _draw_arcs(ax, pos, labels, concat)
     scale = START_SCALE
     for _ in range(TRIES):
@@ -529,28 +555,32 @@ def plot_cell(cell, concat, path, title):
 
 
 def plot_genotype(genotype, out_dir):
-    """cell_normal.png and cell_reduce.png in out_dir; returns their Figures by cell type."""
-    return {cell_type: plot_cell(getattr(genotype, cell_type), getattr(genotype, f'{cell_type}_concat'),
-                                 Path(out_dir) / f'cell_{cell_type}.png', f'{cell_type} cell')
-            for cell_type in CELL_TYPES}
+    """The space's cell pictures (DARTS: cell_normal.png and cell_reduce.png; NAS-Bench-201: cell.png)
+    in out_dir; returns their Figures by cell type."""
+    space = spaces.get('nb201' if isinstance(genotype, str) else 'darts')
+    figures = {}
+    for file, cell_type, title in space.pictures:
+        edges, concat = spaces.cell_of(space, genotype, cell_type)
+        figures[cell_type] = plot_cell(edges, concat, Path(out_dir) / file, title, space.inputs)
+    return figures
 
 
-def plot_gamma(rows, path, threshold=None):
+def plot_gamma(rows, path, threshold=None, space=DARTS):
     """Heat map of log10(gamma) per edge (rows) and switch (columns: the edge switch, then each
     operation), one panel per cell type; pruned switches are grey with an x."""
     import numpy as np
-    tables = cell_tables(rows)
-    columns = ['edge'] + genotypes.CANDIDATES
-    fig = _figure(13, 6.5)
-    for k, cell_type in enumerate(CELL_TYPES):
+    tables = cell_tables(rows, space)
+    columns = ['edge'] + space.candidates
+    fig = _figure(6.5 * len(space.cell_types), 6.5)
+    for k, cell_type in enumerate(space.cell_types):
         edges = sorted(tables[cell_type], key=lambda e: (e[1], e[0]))
         grid = np.full((len(edges), len(columns)), np.nan)
         for i, e in enumerate(edges):
             edge = tables[cell_type][e]
-            for j, entry in enumerate([edge] + [edge['ops'].get(op) for op in genotypes.CANDIDATES]):
+            for j, entry in enumerate([edge] + [edge['ops'].get(op) for op in space.candidates]):
                 if entry is not None and not entry['pruned'] and entry['gamma'] > 0:
                     grid[i, j] = math.log10(entry['gamma'])
-        ax = fig.add_subplot(1, 2, k + 1)
+        ax = fig.add_subplot(1, len(space.cell_types), k + 1)
         ax.set_facecolor('0.85')
         image = ax.imshow(grid, cmap='viridis', aspect='auto')
         for i, j in zip(*np.nonzero(np.isnan(grid))):
@@ -561,6 +591,84 @@ def plot_gamma(rows, path, threshold=None):
         fig.colorbar(image, ax=ax, fraction=0.05)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Looking a NAS-Bench-201 cell up in the benchmark
+# ----------------------------------------------------------------------------------------------------
+
+def _number(text):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _csv_lookup(path, arch):
+    """{accuracy column: value} of arch in a CSV table: the architecture column is the one whose
+    header names an architecture ('arch...'), the accuracy columns those whose header says 'acc' and
+    whose values are numbers; several rows of one architecture (seeds) are averaged."""
+    import csv
+    try:
+        with open(path, newline='') as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise utils.UserError(f'cannot read benchmark table {path}: {getattr(e, "strerror", None) or e}') from e
+    if not rows:
+        raise utils.UserError(f'benchmark table {path} is empty')
+    header = [h.strip() for h in rows[0]]
+    arch_cols = [i for i, h in enumerate(header) if h.lower().startswith('arch')]
+    if not arch_cols:
+        raise utils.UserError(f'benchmark table {path} has no column of architecture strings (a header '
+                              f'starting with "arch"); its columns: {", ".join(header)}')
+    col = arch_cols[0]
+    acc = [i for i, h in enumerate(header) if 'acc' in h.lower() and i != col]
+    if not acc:
+        raise utils.UserError(f'benchmark table {path} has no accuracy column (a header containing '
+                              f'"acc"); its columns: {", ".join(header)}')
+    found = [r for r in rows[1:] if len(r) > col and r[col].strip() == arch]
+    if not found:
+        raise utils.UserError(f'{arch} is not in benchmark table {path} ({len(rows) - 1} rows)')
+    values = {}
+    for i in acc:
+        numbers = [_number(r[i]) if i < len(r) else None for r in found]
+        if all(v is not None for v in numbers):
+            values[header[i]] = sum(numbers) / len(numbers)
+    if not values:
+        raise utils.UserError(f'benchmark table {path}: the accuracy columns of {arch} hold no numbers')
+    return values, len(found)
+
+
+def _nats_lookup(path, arch):
+    """{'<data set> <metric>': value} of arch from the official NATS-Bench topology file (200 epochs)."""
+    try:
+        from nats_bench import create
+    except ImportError:
+        raise utils.UserError(f'{path} is not a .csv table, and reading the NATS-Bench API file needs the '
+                              f'nats_bench package (pip install nats_bench)') from None
+    api = create(str(path), 'tss', fast_mode=True, verbose=False)
+    index = api.query_index_by_arch(arch)
+    if index is None or index < 0:
+        raise utils.UserError(f'{arch} is not in the NATS-Bench file {path}')
+    values = {}
+    for dataset in ('cifar10-valid', 'cifar10'):
+        info = api.get_more_info(index, dataset, hp='200', is_random=False)
+        for metric in ('valid-accuracy', 'test-accuracy'):
+            if isinstance(info.get(metric), (int, float)):
+                values[f'{dataset} {metric}'] = float(info[metric])
+    return values, 1
+
+
+def lookup(path, arch):
+    """The line that reports arch's accuracies in the benchmark file at path (a .csv table, or the
+    NATS-Bench API file when nats_bench is installed)."""
+    path = Path(path)
+    if not path.exists():
+        raise utils.UserError(f'benchmark file {path} does not exist')
+    values, rows = (_csv_lookup if path.suffix.lower() == '.csv' else _nats_lookup)(path, arch)
+    mean = f' (mean of {rows} rows)' if rows > 1 else ''
+    return f'# benchmark {path.name}{mean}: ' + ', '.join(f'{k} {v:.2f}' for k, v in values.items())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -584,6 +692,10 @@ def build_parser():
     rule.add_argument('--topk', type=int, default=None,
                       help='keep the K strongest incoming edges per node, strongest op per edge')
     parser.add_argument('--out', default=None, help='output directory (default: RUN_DIR)')
+    parser.add_argument('--benchmark', metavar='FILE', default=None,
+                        help='NAS-Bench-201 searches: print the accuracies of the derived cell in FILE, a CSV '
+                             'with a column of architecture strings and accuracy columns, or the NATS-Bench '
+                             'API file (needs the nats_bench package)')
     return parser
 
 
@@ -597,9 +709,16 @@ def default_out(run_dir, doc, threshold, topk):
     return Path(run_dir)
 
 
+def check_benchmark(path, space):
+    if path is not None and space.name != 'nb201':
+        raise utils.UserError(f'--benchmark looks up NAS-Bench-201 cells; this is a {space.name} search')
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     doc = load_gamma(args.run_dir)
+    space = space_of(doc)
+    check_benchmark(args.benchmark, space)
     notes = []
     genotype = derive(doc, threshold=args.threshold, topk=args.topk, notes=notes)
     rule_text = (f'topk {args.topk}' if args.topk is not None
@@ -611,7 +730,9 @@ def main(argv=None):
     print(literal)
     for note in notes:
         print(f'# note: {note}')
-    print(f'# wrote {", ".join(OUTPUTS)} to {out_dir}')
+    if args.benchmark is not None:
+        print(lookup(args.benchmark, genotype))
+    print(f'# wrote {", ".join(outputs(space))} to {out_dir}')
     return genotype
 
 

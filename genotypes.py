@@ -11,7 +11,12 @@ in one of two forms:
                                               ops on the same edge are summed; an op appears at most
                                               once per edge
 
-`cell_edges` turns either form into a list of (op, from, to). Self-contained: no project imports.
+`cell_edges` turns either form into a list of (op, from, to).
+
+A NAS-Bench-201 cell is the benchmark's own architecture string, |op~0|+|op~0|op~1|+|op~0|op~1|op~2|:
+node j (1..3) is the sum of one op on each edge from every earlier node, node 0 is the cell's input and
+node 3 its output. Its genotype.json is {"space": "nb201", "arch": "|...|"}; a DARTS genotype.json has
+no "space" key. Self-contained: no project imports.
 """
 import json
 import keyword
@@ -39,6 +44,13 @@ CANDIDATES = [p for p in PRIMITIVES if p != 'none']
 # Every operation a genotype may name (the keys of operations.OPS): the primitives plus DARTS's two
 # further ops, so published NASNet/AmoebaNet-style genotypes load too.
 OPERATIONS = PRIMITIVES + ['sep_conv_7x7', 'conv_7x1_1x7']
+
+
+# NAS-Bench-201's operations, in the benchmark's order; again 'none' is what a pruned edge becomes.
+NB201_OPERATIONS = ['none', 'skip_connect', 'nor_conv_1x1', 'nor_conv_3x3', 'avg_pool_3x3']
+NB201_CANDIDATES = [p for p in NB201_OPERATIONS if p != 'none']
+NB201_NODES = 4
+NB201_EXAMPLE = '|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|'
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -234,13 +246,72 @@ def canonical(genotype):
 
 
 # ----------------------------------------------------------------------------------------------------
+# NAS-Bench-201 architecture strings
+# ----------------------------------------------------------------------------------------------------
+
+def nb201_edges(arch):
+    """The six (op, from, to) of a NAS-Bench-201 string, 'none' included, in the string's order;
+    ValueError naming what is wrong."""
+    form = f'expected {NB201_NODES - 1} groups |op~0|+|op~0|op~1|+|op~0|op~1|op~2|'
+    if not isinstance(arch, str):
+        raise ValueError(f'a NAS-Bench-201 architecture is a string, got {arch!r}')
+    nodes = arch.split('+')
+    if len(nodes) != NB201_NODES - 1:
+        raise ValueError(f'malformed NAS-Bench-201 architecture {arch!r}: {form}')
+    edges = []
+    for dst, node in enumerate(nodes, 1):
+        if len(node) < 2 or node[0] != '|' or node[-1] != '|':
+            raise ValueError(f'malformed NAS-Bench-201 architecture {arch!r}: node {dst} is {node!r}; {form}')
+        entries = node[1:-1].split('|')
+        if len(entries) != dst:
+            raise ValueError(f'malformed NAS-Bench-201 architecture {arch!r}: node {dst} needs {dst} '
+                             f'op~input entries, got {len(entries)}')
+        for src, entry in enumerate(entries):
+            op, sep, source = entry.rpartition('~')
+            if not sep or source != str(src):
+                raise ValueError(f'malformed NAS-Bench-201 architecture {arch!r}: entry {entry!r} of node '
+                                 f'{dst} must be op~{src}')
+            if op not in NB201_OPERATIONS:
+                raise ValueError(f'NAS-Bench-201 architecture {arch!r}: unknown operation {op!r}; known: '
+                                 f'{", ".join(NB201_OPERATIONS)}')
+            edges.append((op, src, dst))
+    return edges
+
+
+def nb201_cell(arch):
+    """The (op, from, to) a network computes for the string: its edges without the 'none' ones."""
+    return [e for e in nb201_edges(arch) if e[0] != 'none']
+
+
+def nb201_string(edges):
+    """The string of a cell given as (op, from, to) with at most one op per edge; an edge missing
+    from the list is 'none'."""
+    ops = {}
+    for op, src, dst in edges:
+        if not (0 <= src < dst < NB201_NODES) or op not in NB201_OPERATIONS or (src, dst) in ops:
+            raise ValueError(f'({op!r}, {src}, {dst}) is not one op on an edge of a NAS-Bench-201 cell')
+        ops[(src, dst)] = op
+    return '+'.join('|' + '|'.join(f'{ops.get((i, j), "none")}~{i}' for i in range(j)) + '|'
+                    for j in range(1, NB201_NODES))
+
+
+# ----------------------------------------------------------------------------------------------------
 # JSON and Python literals
 # ----------------------------------------------------------------------------------------------------
 
-def save_json(genotype, path):
-    """Write the genotype as JSON: {"normal": [[op, ...], ...], "normal_concat": [...], ...}."""
+def json_text(genotype):
+    """The genotype.json text: {"normal": [[op, ...], ...], "normal_concat": [...], ...} for a Genotype,
+    {"space": "nb201", "arch": "|...|"} for a NAS-Bench-201 string."""
+    if isinstance(genotype, str):
+        nb201_edges(genotype)
+        return json.dumps({'space': 'nb201', 'arch': genotype}, indent=1) + '\n'
     g = canonical(genotype)
-    text = json.dumps({field: getattr(g, field) for field in Genotype._fields}, indent=1) + '\n'
+    return json.dumps({field: getattr(g, field) for field in Genotype._fields}, indent=1) + '\n'
+
+
+def save_json(genotype, path):
+    """Write json_text(genotype) to path."""
+    text = json_text(genotype)
     # Atomically, as a later train.py reads it: a temporary file beside it, renamed over it.
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
@@ -258,7 +329,16 @@ def save_json(genotype, path):
 
 
 def load_json(path):
-    """Read a genotype written by save_json; ValueError naming the file if it is missing or malformed."""
+    """Read a DARTS-space genotype written by save_json; ValueError naming the file if it is missing,
+    malformed or of another space."""
+    space, genotype = load_file(path)
+    if space != 'darts':
+        raise ValueError(f'genotype file {path} holds a cell of the {space} space, not a DARTS genotype')
+    return genotype
+
+
+def load_file(path):
+    """(space, genotype) from a file written by save_json: ('darts', Genotype) or ('nb201', string)."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -266,11 +346,20 @@ def load_json(path):
         raise ValueError(f'cannot read genotype file {path}: {e.strerror}') from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f'genotype file {path} is not valid JSON: {e}') from None
+    if isinstance(data, dict) and 'space' in data:
+        if data.get('space') != 'nb201' or set(data) != {'space', 'arch'}:
+            raise ValueError(f'genotype file {path}: a file with a "space" must be {{"space": "nb201", '
+                             f'"arch": "|...|"}}')
+        try:
+            nb201_edges(data['arch'])
+        except ValueError as e:
+            raise ValueError(f'genotype file {path}: {e}') from None
+        return 'nb201', data['arch']
     if not isinstance(data, dict) or set(data) != set(Genotype._fields):
         raise ValueError(f'genotype file {path} must hold a JSON object with exactly the keys '
                          f'{", ".join(Genotype._fields)}')
     try:
-        return canonical(Genotype(**data))
+        return 'darts', canonical(Genotype(**data))
     except ValueError as e:
         raise ValueError(f'genotype file {path}: {e}') from None
 

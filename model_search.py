@@ -15,6 +15,9 @@ concatenation of its `concat` nodes.
 
 Network is the DARTS search macro-architecture with switches; NetworkCIFAR and NetworkImageNet are
 DARTS's evaluation networks (same stems, reductions, auxiliary heads and parameter counts).
+NB201Search and NB201Network are NAS-Bench-201's macro-architecture (one-input cells whose output is
+their last node, three stages joined by residual blocks) with the supernet cell and with a cell from
+an architecture string; NB201Network has the benchmark's parameter count for every cell.
 """
 import math
 
@@ -23,7 +26,7 @@ import torch.nn as nn
 
 import genotypes
 import hessian
-from operations import OPS, FactorizedReduce, ReLUConvBN
+from operations import OPS, FactorizedReduce, ReLUConvBN, ResidualReduction
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -87,32 +90,26 @@ class Edge(nn.Module):
 
 
 class Cell(nn.Module):
-    """A cell built from (op, from, to) edges; see the module docstring for the two modes."""
+    """A cell built from (op, from, to) edges; see the module docstring for the two modes.
 
-    def __init__(self, edges, concat, C_prev_prev, C_prev, C, reduction, reduction_prev, switches=False):
+    preprocess holds one module per input node (None for an input that no edge reads); stride-2 cells
+    (reduction) apply stride 2 to the edges out of the inputs."""
+
+    def __init__(self, edges, concat, C, preprocess, reduction=False, switches=False):
         super().__init__()
-        affine = not switches
         self.reduction, self.switches, self.C = reduction, switches, C
         self.concat = list(concat)
         self.multiplier = len(self.concat)
-        # A retrained cell that reads only one of its inputs gets no preprocessing for the other:
-        # its weights would never take part (counted as parameters, and DDP would wait for their
-        # gradients). The supernet reads both until pruning, so it keeps both.
-        read = {src for _, src, _ in edges}
-        self.preprocess0 = self.preprocess1 = None
-        if switches or 0 in read:
-            if reduction_prev:      # node 0 is twice the size of node 1
-                self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine)
-            else:
-                self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine)
-        if switches or 1 in read:
-            self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine)
+        self.n_inputs = len(preprocess)
+        for i, module in enumerate(preprocess):     # named preprocess0, preprocess1, as in DARTS
+            setattr(self, f'preprocess{i}', module)
         ops_of = {}
         for op, src, dst in sorted(edges, key=lambda e: (e[2], e[1])):     # stable: keeps op order
             ops_of.setdefault((src, dst), []).append(op)
         # Edges in order of destination: a node is complete before any edge reads it.
-        self.edges = nn.ModuleList(Edge(names, src, dst, C, 2 if reduction and src < 2 else 1, switches)
-                                   for (src, dst), names in ops_of.items())
+        self.edges = nn.ModuleList(
+            Edge(names, src, dst, C, 2 if reduction and src < self.n_inputs else 1, switches)
+            for (src, dst), names in ops_of.items())
         self._live = None       # (Switch.mask_version, live ops per edge) of the supernet
 
     def _live_ops(self):
@@ -134,26 +131,45 @@ class Cell(nn.Module):
             i += 1 + n
         return live
 
-    def forward(self, s0, s1, drop_prob=0.):
-        inputs = {0: (self.preprocess0, s0), 1: (self.preprocess1, s1)}
+    def forward(self, *inputs, drop_prob=0.):
         states = {}
         for edge, live in zip(self.edges, self._live_ops()):
             if not live:
                 continue
             if edge.src not in states:
-                if edge.src not in inputs:      # a node without live input: nothing flows out of it
+                if edge.src < self.n_inputs:        # inputs are preprocessed only when read
+                    states[edge.src] = getattr(self, f'preprocess{edge.src}')(inputs[edge.src])
+                elif self.switches:                 # a node without live input: nothing flows out
                     continue
-                preprocess, x = inputs[edge.src]
-                states[edge.src] = preprocess(x)    # inputs are preprocessed only when read
+                else:                               # as the benchmark's cells do, ops read its zeros
+                    states[edge.src] = self._zeros(inputs[-1])
             y = edge(states[edge.src], live, drop_prob)
             states[edge.dst] = states[edge.dst] + y if edge.dst in states else y
-        return torch.cat([states[j] if j in states else self._zeros(s1) for j in self.concat], dim=1)
+        out = [states[j] if j in states else self._zeros(inputs[-1]) for j in self.concat]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
-    def _zeros(self, s1):
-        n, _, h, w = s1.shape
+    def _zeros(self, x):
+        """Zeros shaped like an intermediate node, from the last input x."""
+        n, _, h, w = x.shape
         if self.reduction:      # stride-2 ops with 'same' padding give ceil(h / 2)
             h, w = (h + 1) // 2, (w + 1) // 2
-        return s1.new_zeros((n, self.C, h, w))
+        return x.new_zeros((n, self.C, h, w))
+
+
+def darts_cell(edges, concat, C_prev_prev, C_prev, C, reduction, reduction_prev, switches=False):
+    """A DARTS cell: node 0 (the cell before the previous one, twice the size after a reduction) and
+    node 1 (the previous cell) preprocessed to C channels."""
+    affine = not switches
+    # A retrained cell that reads only one of its inputs gets no preprocessing for the other: its
+    # weights would never take part (counted as parameters, and DDP would wait for their gradients).
+    # The supernet reads both until pruning, so it keeps both.
+    read = {src for _, src, _ in edges}
+    pre0 = pre1 = None
+    if switches or 0 in read:
+        pre0 = FactorizedReduce(C_prev_prev, C, affine) if reduction_prev else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine)
+    if switches or 1 in read:
+        pre1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine)
+    return Cell(edges, concat, C, [pre0, pre1], reduction, switches)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -182,38 +198,10 @@ def stack_cells(layers, C, C_stem, reduction_prev, make_cell):
     return cells, channels
 
 
-class Network(nn.Module):
-    """The DARTS search network with a switch on every edge and every op (returns logits)."""
-
-    def __init__(self, C=16, num_classes=10, layers=8, steps=4, multiplier=4, stem_multiplier=3, tie=True):
-        super().__init__()
-        if not 1 <= multiplier <= steps:
-            raise ValueError(f'multiplier must be between 1 and steps={steps}, got {multiplier}')
-        self.tie = tie
-        C_stem = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
-        edges = [(op, i, j) for j in range(2, steps + 2) for i in range(j) for op in genotypes.CANDIDATES]
-        concat = list(range(steps + 2 - multiplier, steps + 2))
-
-        def make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev):
-            return Cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction, reduction_prev, switches=True)
-
-        self.cells, channels = stack_cells(layers, C, C_stem, False, make_cell)
-        C_prev = channels[-1]
-        # Every op of every edge is summed with its switch at 1, so the last cell's output is many
-        # times larger than one op's; without this BatchNorm the logits start in the tens and SGD at
-        # the paper's learning rate diverges. (Each cell's inputs are normalised by its preprocessing.)
-        self.head_bn = nn.BatchNorm2d(C_prev)
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
-
-    def forward(self, x):
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1)
-        return self.classifier(self.global_pooling(self.head_bn(s1)).flatten(1))
-
-    # -- switches ------------------------------------------------------------------------------------
+class SwitchNetwork(nn.Module):
+    """What every supernet shares: its switches, their groups and couplings, and the HARD prior over
+    them. A subclass sets self.cells (the cells in order, each with .edges and .reduction) and self.tie
+    (True: one switch group per position, shared by all cells of a type; False: one per cell)."""
 
     def switch_info(self):
         """One dict per Switch, in named_modules order: name, cell, cell_type, src, dst, op (None for an
@@ -261,6 +249,38 @@ class Network(nn.Module):
     def weight_parameters(self):
         switch = {id(p) for p in self.switch_parameters()}
         return [p for p in self.parameters() if id(p) not in switch]
+
+
+class Network(SwitchNetwork):
+    """The DARTS search network with a switch on every edge and every op (returns logits)."""
+
+    def __init__(self, C=16, num_classes=10, layers=8, steps=4, multiplier=4, stem_multiplier=3, tie=True):
+        super().__init__()
+        if not 1 <= multiplier <= steps:
+            raise ValueError(f'multiplier must be between 1 and steps={steps}, got {multiplier}')
+        self.tie = tie
+        C_stem = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+        edges = [(op, i, j) for j in range(2, steps + 2) for i in range(j) for op in genotypes.CANDIDATES]
+        concat = list(range(steps + 2 - multiplier, steps + 2))
+
+        def make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev):
+            return darts_cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction, reduction_prev, switches=True)
+
+        self.cells, channels = stack_cells(layers, C, C_stem, False, make_cell)
+        C_prev = channels[-1]
+        # Every op of every edge is summed with its switch at 1, so the last cell's output is many
+        # times larger than one op's; without this BatchNorm the logits start in the tens and SGD at
+        # the paper's learning rate diverges. (Each cell's inputs are normalised by its preprocessing.)
+        self.head_bn = nn.BatchNorm2d(C_prev)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x):
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1)
+        return self.classifier(self.global_pooling(self.head_bn(s1)).flatten(1))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -320,7 +340,7 @@ class _EvalNetwork(nn.Module):
 
         def make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev):
             edges, concat = reduce if reduction else normal
-            return Cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction, reduction_prev)
+            return darts_cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction, reduction_prev)
 
         self.cells, channels = stack_cells(layers, C, C_stem, reduction_prev, make_cell)
         C_prev = channels[-1]
@@ -333,7 +353,7 @@ class _EvalNetwork(nn.Module):
     def _forward_cells(self, s0, s1):
         logits_aux = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            s0, s1 = s1, cell(s0, s1, drop_prob=self.drop_path_prob)
             if i == 2 * self._layers // 3 and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
         logits = self.classifier(self.global_pooling(s1).flatten(1))
@@ -380,3 +400,69 @@ class NetworkImageNet(_EvalNetwork):
     def forward(self, x):
         s0 = self.stem0(x)
         return self._forward_cells(s0, self.stem1(s0))
+
+
+# ----------------------------------------------------------------------------------------------------
+# NAS-Bench-201's network, as supernet and as the network of one architecture string
+# ----------------------------------------------------------------------------------------------------
+
+NB201_OUTPUT = [genotypes.NB201_NODES - 1]     # a cell's output is its last node
+
+
+def nb201_layers(C, N, make_cell):
+    """Three stages of N cells at C, 2C, 4C channels, a residual reduction block before the second
+    and third; make_cell(C) builds one cell. Returns the layers and the last stage's channels."""
+    layers = nn.ModuleList()
+    for stage in range(3):
+        if stage:
+            layers.append(ResidualReduction(C, 2 * C))
+            C *= 2
+        layers.extend(make_cell(C) for _ in range(N))
+    return layers, C
+
+
+class _NB201(nn.Module):
+    """The benchmark's macro-architecture around cells of the given edges: stem conv3x3 to C and BN,
+    nb201_layers, then BN, ReLU, global average pool and a linear classifier."""
+
+    def __init__(self, C, N, num_classes, edges, switches):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+        self.layers, C_last = nb201_layers(
+            C, N, lambda C_cell: Cell(edges, NB201_OUTPUT, C_cell, [nn.Identity()], switches=switches))
+        self.cells = [m for m in self.layers if isinstance(m, Cell)]      # a view, not a submodule
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C_last), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_last, num_classes)
+
+    def logits(self, x, drop_prob=0.):
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x, drop_prob=drop_prob) if isinstance(layer, Cell) else layer(x)
+        return self.classifier(self.global_pooling(self.lastact(x)).flatten(1))
+
+
+class NB201Search(SwitchNetwork, _NB201):
+    """The NAS-Bench-201 supernet: every candidate op on all six edges of every cell, behind switches
+    (returns logits). The 15 cells are tied by default, as they are one cell in the benchmark."""
+
+    def __init__(self, C=16, N=5, num_classes=10, tie=True):
+        edges = [(op, i, j) for j in range(1, genotypes.NB201_NODES) for i in range(j)
+                 for op in genotypes.NB201_CANDIDATES]
+        super().__init__(C, N, num_classes, edges, switches=True)
+        self.tie = tie
+
+    def forward(self, x):
+        return self.logits(x)
+
+
+class NB201Network(_NB201):
+    """The network of a NAS-Bench-201 architecture string (C = 16, N = 5 in the benchmark); forward
+    returns (logits, None) as the DARTS networks do (there is no auxiliary head)."""
+
+    def __init__(self, C, N, num_classes, arch, drop_path_prob=0.0):
+        super().__init__(C, N, num_classes, genotypes.nb201_cell(arch), switches=False)
+        self.drop_path_prob = drop_path_prob
+
+    def forward(self, x):
+        return self.logits(x, self.drop_path_prob), None

@@ -1,4 +1,5 @@
-"""Candidate operations of DARTS-style cells, with DARTS's module structure and parameter counts.
+"""Candidate operations of the cells, with the module structure and parameter counts of DARTS and
+NAS-Bench-201 (whose 'nor_conv' ops and residual reduction block are here too).
 
     OPS[name](C, stride, affine) -> nn.Module mapping C channels to C channels (spatial size halved when
     stride is 2).
@@ -17,7 +18,7 @@ import torch.nn as nn
 # ----------------------------------------------------------------------------------------------------
 
 class ReLUConvBN(nn.Module):
-    """ReLU -> conv -> BN: the 1x1 preprocessing of cell inputs."""
+    """ReLU -> conv -> BN: the 1x1 preprocessing of DARTS cell inputs, NAS-Bench-201's convolutions."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
         super().__init__()
@@ -86,6 +87,21 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
 
+class ResidualReduction(nn.Module):
+    """NAS-Bench-201's block between stages: ReLU-conv3x3(stride 2)-BN, ReLU-conv3x3-BN, added to a
+    shortcut that average-pools 2x2 and projects with a 1x1 conv (no BN)."""
+
+    def __init__(self, C_in, C_out):
+        super().__init__()
+        self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1)
+        self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, stride=2, padding=0),
+                                      nn.Conv2d(C_in, C_out, 1, bias=False))
+
+    def forward(self, x):
+        return self.shortcut(x) + self.conv_b(self.conv_a(x))
+
+
 class Zero(nn.Module):
     """The 'none' operation: zeros shaped like the op's output."""
 
@@ -117,6 +133,9 @@ OPS = {
     'sep_conv_7x7': lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine),
     'dil_conv_3x3': lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine),
     'dil_conv_5x5': lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
+    # NAS-Bench-201's convolutions: ReLU -> k x k conv -> BN.
+    'nor_conv_1x1': lambda C, stride, affine: ReLUConvBN(C, C, 1, stride, 0, affine),
+    'nor_conv_3x3': lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 1, affine),
     'conv_7x1_1x7': lambda C, stride, affine: nn.Sequential(
         nn.ReLU(inplace=False),
         nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),

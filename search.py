@@ -1,6 +1,7 @@
 """BayesNAS search on CIFAR-10: train the switch-augmented supernet, then prune it with HARD priors.
 
     python search.py --gpu 0                                 # the default search (lambda 0.002)
+    python search.py --space nb201 --benchmark TABLE.csv     # a NAS-Bench-201 cell, looked up
     python search.py --lambda 0.01 --save runs/search-l01    # a sparser cell
     python search.py --save runs/search-l01 --resume         # continue an interrupted search
     python derive.py runs/search-l01 --topk 2                # a DARTS-comparable cell afterwards
@@ -15,7 +16,9 @@ The protocol (the paper's Algorithm 1 where it states one):
      gamma and omega with the HARD couplings, and pruning of every switch group whose effective
      gamma is 0 or below --threshold (its ops are no longer computed);
   3. derivation: every op that survived, where it lies on a path from an input to the output
-     (derive.py), printed as a Python literal for genotypes.py. A cell the threshold would leave
+     (derive.py), printed as a Python literal for genotypes.py; in the NAS-Bench-201 space
+     (--space nb201, spaces.py) the strongest surviving op of each edge, printed as the benchmark's
+     architecture string on the last line. A cell the threshold would leave
      empty keeps its single most relevant operation, and the log says so.
 The weights train with SGD, momentum 0.9, a fixed learning rate 0.1 and weight decay 1e-4, as in the
 paper. The prior starts at gamma = omega = 1. The two parts of the training set are disjoint and the
@@ -44,7 +47,7 @@ Run directory (--save, default runs/search-TIME): log.txt, args.json, metrics.js
 (per switch group by cell type, edge and op: gamma, omega, curvature per member, posterior variance,
 switch values, relevance = sum h w^2 / lambda, and for pruned groups the gamma and iteration at which
 they went), gamma.png (heat map of gamma per edge and op), curves.png, and after the last iteration
-genotype.json, genotype.py, cell_normal.png and cell_reduce.png.
+genotype.json, genotype.py, cell_normal.png and cell_reduce.png (nb201: genotype.json and cell.png).
 """
 import argparse
 import itertools
@@ -59,9 +62,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import derive
+import spaces
 import utils
 from hessian import METHODS, RULES, ProxAdam, switch_curvature
-from model_search import Network
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -70,12 +73,14 @@ from model_search import Network
 
 # Flags that say where and how a run executes, not what it computes: a resumed run may change them.
 RUN_FLAGS = ('data', 'download', 'gpu', 'report_freq', 'checkpoint_freq', 'save', 'resume', 'amp',
-             'channels_last', 'deterministic')
+             'channels_last', 'deterministic', 'benchmark')
 
 
 def build_parser():
     p = utils.Parser('search.py', description='BayesNAS search of a CIFAR-10 cell (see the module '
                                               'docstring).')
+    p.add_argument('--space', choices=spaces.NAMES, default='darts', help="search space: DARTS's cells "
+                   "(default) or NAS-Bench-201's (spaces.py)")
     p.add_argument('--data', default='data', help='folder holding cifar-10-batches-py (default: data)')
     p.add_argument('--download', action='store_true', help='download CIFAR-10 into --data if missing')
     p.add_argument('--batch_size', type=int, default=64, help='batch size (paper: 18, limited by its '
@@ -87,7 +92,8 @@ def build_parser():
     p.add_argument('--grad_clip', type=float, default=5.0, help='gradient norm clip of the weights, '
                    '0 for none (5)')
     p.add_argument('--init_channels', type=int, default=16, help='channels of the first cells (16)')
-    p.add_argument('--layers', type=int, default=8, help='cells in the supernet (8)')
+    p.add_argument('--layers', type=int, default=None, help='cells in the supernet (darts: 8) or per stage '
+                   '(nb201: 5, as the benchmark)')
     p.add_argument('--untie', action='store_true', help='one switch group per cell instead of one per '
                    'position shared by all cells of a type (cells may then differ)')
     p.add_argument('--cutout', action=argparse.BooleanOptionalAction, default=True,
@@ -135,6 +141,8 @@ def build_parser():
                    'steps inside an epoch, 0 for phase ends only (200)')
     p.add_argument('--save', default=None, help='run directory (default: runs/search-TIME)')
     p.add_argument('--resume', action='store_true', help='continue the run in --save from its checkpoint')
+    p.add_argument('--benchmark', metavar='FILE', default=None, help='nb201: print the accuracies of the '
+                   'derived cell in FILE (a CSV table or the NATS-Bench API file; see derive.py)')
     return p
 
 
@@ -147,9 +155,11 @@ def check_args(a):
         (0 <= a.momentum < 1, f'--momentum must be in [0, 1), got {a.momentum}'),
         (a.weight_decay >= 0, f'--weight_decay must be >= 0, got {a.weight_decay}'),
         (a.grad_clip >= 0, f'--grad_clip must be >= 0 (0: no clipping), got {a.grad_clip}'),
-        (a.init_channels >= 2 and a.init_channels % 2 == 0,
+        (a.init_channels >= 2 and a.init_channels % 2 == 0 or a.space != 'darts' and a.init_channels >= 1,
          f'--init_channels must be even and positive (FactorizedReduce halves it), got {a.init_channels}'),
-        (a.layers >= 3, f'--layers must be at least 3 (two of them are reduction cells), got {a.layers}'),
+        (a.layers >= 3 or a.space != 'darts' and a.layers >= 1,
+         f'--layers must be at least 3 (two of them are reduction cells), got {a.layers}'
+         if a.space == 'darts' else f'--layers (cells per stage) must be at least 1, got {a.layers}'),
         (a.cutout_length >= 1, f'--cutout_length must be at least 1, got {a.cutout_length}'),
         (a.hessian_batches >= 1, f'--hessian_batches must be at least 1, got {a.hessian_batches}'),
         (a.warmup_epochs >= 0, f'--warmup_epochs must be >= 0, got {a.warmup_epochs}'),
@@ -170,6 +180,7 @@ def check_args(a):
     for ok, message in rules:
         if not ok:
             raise utils.UserError(message)
+    derive.check_benchmark(a.benchmark, spaces.get(a.space))
 
 
 def lambdas(a):
@@ -226,7 +237,8 @@ class Search:
         self.steps_in = steps_in            # batches per epoch of each kind of phase
         self.cuda = device.type == 'cuda'
         utils.set_seed(args.seed)
-        self.model = Network(args.init_channels, 10, args.layers, tie=not args.untie).to(device)
+        self.space = spaces.get(args.space)
+        self.model = self.space.supernet(args.init_channels, args.layers, 10, not args.untie).to(device)
         if self.cuda and args.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.prior = self.model.build_prior(*lambdas(args))
@@ -363,14 +375,14 @@ class Search:
         self.relevance = relevance(before)
         self.norm_at_update = {r['key']: r['norm'] for r in before}
         newly = self.prior.prune(args.threshold)
-        live = live_ops(gamma_rows(self.model, self.prior))
+        live = live_ops(gamma_rows(self.model, self.prior), self.space.cell_types)
         summary = dict(iteration=iteration + 1, curvature_s=seconds, pruned=len(newly),
                        live_groups=int((~self.prior.pruned).sum()), groups=len(self.prior.keys),
                        live_ops=live)
+        left = ', '.join(f'{t} {live[t]}/{live[t + "_total"]}' for t in self.space.cell_types)
         self.run.log(f'search iteration {iteration + 1}: {args.hessian} curvature on '
                      f'{args.hessian_batches} batches in {utils.format_time(seconds)}; pruned {len(newly)} '
-                     f'switch groups, {summary["live_groups"]}/{summary["groups"]} live; ops left: normal '
-                     f'{live["normal"]}/{live["normal_total"]}, reduce {live["reduce"]}/{live["reduce_total"]}')
+                     f'switch groups, {summary["live_groups"]}/{summary["groups"]} live; ops left: {left}')
         self.run.metric(phase='update', step=self.global_step(), **summary)
         return summary
 
@@ -399,9 +411,9 @@ def phase_name(kind, epoch):
     return f'warmup {epoch + 1}' if kind == 'warmup' else f'search iteration {epoch + 1}'
 
 
-def live_ops(rows):
+def live_ops(rows, cell_types=derive.CELL_TYPES):
     """Unpruned op groups per cell type (of a tied search; untied: summed over cells)."""
-    out = {'normal': 0, 'reduce': 0, 'normal_total': 0, 'reduce_total': 0}
+    out = {k: 0 for t in cell_types for k in (t, t + '_total')}
     for row in rows:
         if row['op'] is not None:
             out[row['cell_type'] + '_total'] += 1
@@ -432,30 +444,33 @@ def write_gamma(search, iteration):
     rows = gamma_rows(search.model, search.prior)
     for row in rows:
         row.update(relevance=search.relevance[row['key']], norm_at_update=search.norm_at_update[row['key']])
-    doc = dict(threshold=args.threshold, lambda_origin=lam_origin, lambda_child=lam_child,
+    doc = dict(space=args.space, threshold=args.threshold, lambda_origin=lam_origin, lambda_child=lam_child,
                hessian=args.hessian, update=args.update, iteration=iteration + 1, tied=not args.untie, groups=rows)
     if iteration + 1 == args.iterations:
         for line in rescue_empty_cells(doc):
             search.run.log(line)
     utils.write_text_atomic(search.run.file('gamma.json'), json.dumps(doc, indent=1) + '\n')
-    derive.plot_gamma(rows, search.run.file('gamma.png'), args.threshold)
+    derive.plot_gamma(rows, search.run.file('gamma.png'), args.threshold, search.space)
     return doc
 
 
 def rescue_empty_cells(doc):
     """A cell that the threshold rule leaves empty keeps the one operation it can best justify: the
-    op on an edge out of an input node with the largest relevance (ties: curvature) among those the
-    last update pruned. Marks those rows (and their edges) alive in doc; returns what it says."""
-    said, tables = [], derive.cell_tables(doc['groups'])
-    for cell_type in derive.CELL_TYPES:
+    op on an edge from an input node into an output node with the largest relevance (ties: curvature)
+    among those the last update pruned. Marks those rows (and their edges) alive in doc; returns what
+    it says."""
+    space = derive.space_of(doc)
+    said, tables = [], derive.cell_tables(doc['groups'], space)
+    for cell_type in space.cell_types:
         try:
-            derive.derive_cell(tables[cell_type], cell_type, threshold=doc['threshold'])
+            derive.derive_cell(tables[cell_type], cell_type, threshold=doc['threshold'], space=space)
             continue
         except utils.UserError:
             pass
         rows = {r['key']: r for r in doc['groups']}
         last = [r for r in doc['groups'] if r['cell_type'] == cell_type and r['op'] is not None
-                and r['src'] in derive.INPUTS and r.get('pruned_at') == doc['iteration']]
+                and r['src'] in space.inputs and (space.outputs is None or r['dst'] in space.outputs)
+                and r.get('pruned_at') == doc['iteration']]
         if not last:
             continue                        # nothing the last update decided: derivation will say so
         best = max(last, key=lambda r: (r['relevance'], r['curvature']))
@@ -492,6 +507,8 @@ def configure(argv):
     parser = build_parser()
     args, given = parser.parse(argv)
     if not args.resume:
+        if args.layers is None:
+            args.layers = spaces.get(args.space).layers
         check_args(args)
         args.save = args.save or f'runs/search-{time.strftime("%Y%m%d-%H%M%S")}'
         return args, None
@@ -532,8 +549,8 @@ def main(argv=None):
         state = None
     else:
         lam_origin, lam_child = lambdas(args)
-        run.log(f'BayesNAS search: {args.layers} cells, {args.init_channels} channels, '
-                f'{utils.count_params(search.model) / 1e6:.2f}M weights, {len(search.prior.keys)} switch '
+        run.log(f'BayesNAS search in the {args.space} space: {args.layers} {search.space.layers_means}, '
+                f'{args.init_channels} channels, {utils.count_params(search.model) / 1e6:.2f}M weights, {len(search.prior.keys)} switch '
                 f'groups; lambda {lam_origin:g} (edges) / {lam_child:g} (ops), threshold '
                 f'{args.threshold:g}, curvature {args.hessian}')
         run.log(f'device {device}; {len(data["warmup"].x)} warm-up / {len(data["search"].x)} switch '
@@ -560,7 +577,10 @@ def main(argv=None):
     run.log(f'search finished in {utils.format_time(total)}, peak memory '
             f'{peak_memory_mib(device):.0f} MiB ({"GPU" if device.type == "cuda" else "process"})')
     genotype, literal = write_genotype(search, doc)
-    run.log(f'derived genotype (genotype.json, cell_normal.png, cell_reduce.png):\n{literal}')
+    if args.benchmark is not None:
+        run.log(derive.lookup(args.benchmark, genotype))
+    files = ', '.join(derive.outputs(search.space))
+    run.log(f'derived {"genotype" if args.space == "darts" else "architecture"} ({files}):\n{literal}')
     return dict(genotype=genotype, history=search.history, seconds=total, save=args.save)
 
 

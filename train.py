@@ -3,6 +3,7 @@
     python train.py --arch BayesNAS                          # a named cell, DARTS's CIFAR-10 recipe
     python train.py --genotype runs/search-x/genotype.json   # a cell derived by derive.py
     python train.py --dataset imagenet --data /data/imagenet --arch BayesNAS_0_01
+    python train.py --space nb201 --arch '|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|none~2|'
     torchrun --nproc_per_node 8 train.py --arch DARTS_V2     # data parallel, one process per GPU
     python train.py --save runs/train-x --resume             # continue an interrupted run
     python train.py --eval_only runs/train-x/model.pt        # test accuracy of a trained network
@@ -11,7 +12,10 @@ Defaults are DARTS's retraining recipes. CIFAR-10: 600 epochs, batch 96, SGD lr 
 to 0, momentum 0.9, weight decay 3e-4, 36 initial channels, 20 cells, auxiliary head (weight 0.4),
 cutout 16, drop-path 0.2 ramped linearly from 0, gradient norm clipped at 5. ImageNet: 250 epochs,
 batch 128, lr 0.1 multiplied by 0.97 every epoch, weight decay 3e-5, 48 channels, 14 cells, label
-smoothing 0.1, auxiliary head, no drop-path. Every knob is a flag (DARTS's names).
+smoothing 0.1, auxiliary head, no drop-path. --space nb201 trains a NAS-Bench-201 cell (an architecture
+string, or a genotype.json of an nb201 search) with the recipe behind the benchmark's table: 200
+epochs, batch 256, SGD with Nesterov momentum 0.9, lr 0.1 cosine to 0, weight decay 5e-4, random crop
+and flip, nothing else (16 channels, 5 cells per stage). Every knob is a flag (DARTS's names).
 
 Speed on CUDA. bf16 autocast (--amp) is on for ImageNet but off for CIFAR-10: a CIFAR-10 step at batch
 96 is paced by kernel launches, not arithmetic, and the casts autocast adds made BayesNAS's network
@@ -57,8 +61,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import genotypes
+import spaces
 import utils
-from model_search import NetworkCIFAR, NetworkImageNet
+from model_search import NB201Network, NetworkCIFAR, NetworkImageNet
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +71,8 @@ from model_search import NetworkCIFAR, NetworkImageNet
 # ---------------------------------------------------------------------------------------------
 
 COMMON_DEFAULTS = dict(
-    dataset='cifar10', arch='BayesNAS', genotype=None, momentum=0.9, gamma=0.97, decay_period=1,
+    space='darts', dataset='cifar10', arch='BayesNAS', genotype=None, momentum=0.9, nesterov=False,
+    gamma=0.97, decay_period=1,
     auxiliary=True, auxiliary_weight=0.4, cutout_length=16, grad_clip=5.0, report_freq=50,
     gpu=None, seed=0, save=None, resume=False, eval_only=None, workers=4, channels_last=True,
     compile=False, download=False, deterministic=False)
@@ -78,6 +84,14 @@ DATASET_DEFAULTS = {
     'imagenet': dict(data='data/imagenet', epochs=250, batch_size=128, learning_rate=0.1,
                      lr_schedule='step', weight_decay=3e-5, init_channels=48, layers=14, cutout=False,
                      drop_path_prob=0.0, label_smooth=0.1, amp=True),
+}
+
+# NAS-Bench-201's recipe, the one behind its table: CIFAR-10 only, 16 channels and 5 cells per stage.
+SPACE_DEFAULTS = {
+    'darts': {},
+    'nb201': dict(arch=None, epochs=200, batch_size=256, learning_rate=0.1, lr_schedule='cosine',
+                  nesterov=True, weight_decay=5e-4, init_channels=16, layers=5, auxiliary=False, cutout=False,
+                  drop_path_prob=0.0, grad_clip=0.0),
 }
 
 # Flags that say where and how fast a run executes, not what it computes: a resumed run may change
@@ -92,13 +106,14 @@ CURVE_KEYS = ['train_loss', 'test_loss', 'train_acc', 'test_acc', 'lr']
 
 
 def _default(name):
-    """The default of a flag for help texts, per data set where they differ."""
+    """The default of a flag for help texts, per data set and space where they differ."""
     if name in COMMON_DEFAULTS:
-        return f'default: {COMMON_DEFAULTS[name]}'
-    cifar, imagenet = DATASET_DEFAULTS['cifar10'][name], DATASET_DEFAULTS['imagenet'][name]
-    if cifar == imagenet:
-        return f'default: {cifar}'
-    return f'default: {cifar} on CIFAR-10, {imagenet} on ImageNet'
+        text = f'default: {COMMON_DEFAULTS[name]}'
+    else:
+        cifar, imagenet = DATASET_DEFAULTS['cifar10'][name], DATASET_DEFAULTS['imagenet'][name]
+        text = f'default: {cifar}' if cifar == imagenet else f'default: {cifar} on CIFAR-10, {imagenet} on ImageNet'
+    nb201 = SPACE_DEFAULTS['nb201']
+    return text + (f'; {nb201[name]} with --space nb201' if name in nb201 and name != 'arch' else '')
 
 
 def build_parser():
@@ -107,11 +122,14 @@ def build_parser():
     p = utils.Parser('train.py', description='Retrain a cell genotype from scratch and report its test '
                                              'accuracy.', argument_default=argparse.SUPPRESS)
     d = _default
+    p.add_argument('--space', choices=spaces.NAMES, help="the cell's search space: darts genotypes, or "
+                   'NAS-Bench-201 architecture strings trained with the benchmark\'s recipe (' + d('space') + ')')
     p.add_argument('--dataset', choices=sorted(DATASET_DEFAULTS), help=d('dataset'))
     p.add_argument('--data', help='CIFAR-10: the folder holding cifar-10-batches-py; ImageNet: the '
                                   'folder holding train/ and val/ (' + d('data') + ')')
     p.add_argument('--download', action='store_true', help='download CIFAR-10 if it is missing')
-    p.add_argument('--arch', help='named genotype: ' + ', '.join(genotypes.NAMES) + f' ({d("arch")})')
+    p.add_argument('--arch', help='named genotype: ' + ', '.join(genotypes.NAMES) + f' ({d("arch")}); with '
+                   "--space nb201 an architecture string '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'")
     p.add_argument('--genotype', help='genotype JSON file (derive.py writes RUN_DIR/genotype.json)')
     p.add_argument('--epochs', type=int, help=d('epochs'))
     p.add_argument('--batch_size', type=int, help='global batch, split between processes (' +
@@ -124,6 +142,8 @@ def build_parser():
     p.add_argument('--decay_period', type=int, help='step schedule period in epochs (' +
                    d('decay_period') + ')')
     p.add_argument('--momentum', type=float, help=d('momentum'))
+    p.add_argument('--nesterov', action=argparse.BooleanOptionalAction, help='Nesterov momentum (' +
+                   d('nesterov') + ')')
     p.add_argument('--weight_decay', type=float, help=d('weight_decay'))
     p.add_argument('--init_channels', type=int, help=d('init_channels'))
     p.add_argument('--layers', type=int, help='number of cells (' + d('layers') + ')')
@@ -164,9 +184,19 @@ def fresh_args(given):
     if 'arch' in given and 'genotype' in given:
         raise utils.UserError('give --arch NAME or --genotype FILE, not both')
     dataset = given.get('dataset', COMMON_DEFAULTS['dataset'])
+    space = given.get('space', COMMON_DEFAULTS['space'])
     if dataset != 'cifar10' and given.get('cutout'):
         raise utils.UserError('--cutout applies to CIFAR-10 only')
-    args = {**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **given}
+    if space == 'nb201':
+        if dataset != 'cifar10':
+            raise utils.UserError("--space nb201 trains on CIFAR-10 only (the benchmark's other data sets "
+                                  "are not supported)")
+        if given.get('auxiliary'):
+            raise utils.UserError('--auxiliary: the NAS-Bench-201 network has no auxiliary head')
+        if 'arch' not in given and 'genotype' not in given:
+            raise utils.UserError("--space nb201 needs --arch '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|' or "
+                                  "--genotype RUN/genotype.json")
+    args = {**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **SPACE_DEFAULTS[space], **given}
     if 'genotype' in given:
         args['arch'] = None     # so that args.json names the cell that was trained
     return args
@@ -175,7 +205,8 @@ def fresh_args(given):
 def resumed_args(stored, given):
     """The configuration of a resumed run: the checkpoint's, with only RUN_FLAGS changeable."""
     dataset = stored.get('dataset', COMMON_DEFAULTS['dataset'])
-    defaults = {**COMMON_DEFAULTS, **DATASET_DEFAULTS.get(dataset, {})}
+    space = stored.get('space', COMMON_DEFAULTS['space'])
+    defaults = {**COMMON_DEFAULTS, **DATASET_DEFAULTS.get(dataset, {}), **SPACE_DEFAULTS.get(space, {})}
     return utils.resumed_args(build_parser(), stored, given, RUN_FLAGS, defaults)
 
 
@@ -191,13 +222,16 @@ def check_args(a, world):
         (0 < a.learning_rate < math.inf, f'--learning_rate must be positive and finite, got '
                                          f'{a.learning_rate}'),
         (0 <= a.momentum < 1, f'--momentum must be in [0, 1), got {a.momentum}'),
+        (a.momentum > 0 or not a.nesterov, '--nesterov needs a positive --momentum'),
         (0 <= a.weight_decay < math.inf, f'--weight_decay must be >= 0 and finite, got {a.weight_decay}'),
         (0 < a.gamma <= 1, f'--gamma must be in (0, 1], got {a.gamma}'),
         (a.decay_period >= 1, f'--decay_period must be at least 1, got {a.decay_period}'),
-        (a.init_channels >= 2 and a.init_channels % 2 == 0,
+        (a.init_channels >= 2 and a.init_channels % 2 == 0 or a.space != 'darts' and a.init_channels >= 1,
          f'--init_channels must be even and positive (factorized reductions split it in two halves), '
          f'got {a.init_channels}'),
-        (a.layers >= 3, f'--layers must be at least 3 (two of them are reduction cells), got {a.layers}'),
+        (a.layers >= 3 or a.space != 'darts' and a.layers >= 1,
+         f'--layers must be at least 3 (two of them are reduction cells), got {a.layers}'
+         if a.space == 'darts' else f'--layers (cells per stage) must be at least 1, got {a.layers}'),
         (0 <= a.auxiliary_weight < math.inf, f'--auxiliary_weight must be >= 0 and finite, got '
                                              f'{a.auxiliary_weight}'),
         (a.cutout_length >= 1, f'--cutout_length must be at least 1, got {a.cutout_length}'),
@@ -300,11 +334,18 @@ class Silent:
 # ---------------------------------------------------------------------------------------------
 
 def load_genotype(args):
-    """(genotype, short name for the run directory) from --genotype FILE or --arch NAME."""
+    """(genotype, short name for the run directory) from --genotype FILE or --arch NAME (nb201: the
+    architecture string); a Genotype, or the string in the nb201 space."""
     try:
         if args.genotype:
             path = Path(args.genotype)
-            return genotypes.load_json(path), path.parent.name or path.stem
+            space, genotype = genotypes.load_file(path)
+            if space != args.space:
+                raise ValueError(f'{path} holds a cell of the {space} space; pass --space {space}')
+            return genotype, path.parent.name or path.stem
+        if args.space == 'nb201':
+            genotypes.nb201_edges(args.arch)
+            return args.arch, 'nb201'
         return genotypes.from_name(args.arch), args.arch
     except ValueError as e:
         raise utils.UserError(str(e)) from e
@@ -312,15 +353,26 @@ def load_genotype(args):
 
 def network_config(args, genotype, num_classes):
     """Everything needed to rebuild the network; stored in checkpoints as plain Python data."""
-    return {'dataset': args.dataset, 'num_classes': num_classes, 'init_channels': args.init_channels,
-            'layers': args.layers, 'auxiliary': args.auxiliary,
-            'genotype': genotypes.canonical(genotype)._asdict()}
+    config = {'space': args.space, 'dataset': args.dataset, 'num_classes': num_classes,
+              'init_channels': args.init_channels, 'layers': args.layers, 'auxiliary': args.auxiliary}
+    if args.space == 'nb201':
+        return {**config, 'arch': genotype}
+    return {**config, 'genotype': genotypes.canonical(genotype)._asdict()}
+
+
+def config_genotype(config):
+    """The genotype a stored configuration names (nb201: its architecture string)."""
+    if config.get('space', 'darts') == 'nb201':
+        return config['arch']
+    return genotypes.Genotype(**config['genotype'])
 
 
 def build_network(config):
     cls = NetworkImageNet if config['dataset'] == 'imagenet' else NetworkCIFAR
     try:
-        genotype = genotypes.Genotype(**config['genotype'])
+        genotype = config_genotype(config)
+        if config.get('space', 'darts') == 'nb201':
+            return NB201Network(config['init_channels'], config['layers'], config['num_classes'], genotype)
         return cls(config['init_channels'], config['num_classes'], config['layers'],
                    config['auxiliary'], genotype)
     except (KeyError, TypeError, ValueError) as e:
@@ -587,9 +639,10 @@ def train(given, device, ddp):
     net = build_network(config).to(device)
     params = utils.count_params(net)
     macs = utils.count_macs(net, input_shape(config['dataset']))
-    genotype = genotypes.Genotype(**config['genotype'])
-    run.log(f'network: {genotypes.to_literal(genotype, "Retrained")}')
-    run.log(f'{config["dataset"]}: {config["layers"]} cells, {config["init_channels"]} channels, '
+    genotype = config_genotype(config)
+    cells = f'{config["layers"]} cells' + (' per stage' if config.get('space') == 'nb201' else '')
+    run.log(f'network: {genotype if isinstance(genotype, str) else genotypes.to_literal(genotype, "Retrained")}')
+    run.log(f'{config["dataset"]}: {cells}, {config["init_channels"]} channels, '
             f'{params / 1e6:.3f}M parameters (auxiliary head excluded), {macs / 1e6:.1f}M '
             f'multiply-adds per image')
     run.log(f'{ddp.world} process(es) on {device}, global batch {args.batch_size}; run directory '
@@ -597,7 +650,7 @@ def train(given, device, ddp):
     if device.type == 'cuda' and args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(net.parameters(), args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+                                nesterov=args.nesterov, weight_decay=args.weight_decay)
     scheduler = make_scheduler(optimizer, args)
     start = 0 if state is None else restore(state, net, optimizer, scheduler, args, ddp, run)
     state = None                # the checkpoint's tensors are no longer needed
@@ -665,8 +718,9 @@ def eval_only(given, device, ddp):
     if dataset not in DATASET_DEFAULTS:
         raise utils.UserError(f'{given["eval_only"]} names an unknown data set {dataset!r}')
     data, source = eval_data_path(given, state, dataset)
-    args = argparse.Namespace(**{**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **given,
-                                 'dataset': dataset, 'data': data})
+    space = config.get('space', 'darts')
+    args = argparse.Namespace(**{**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **SPACE_DEFAULTS.get(space, {}),
+                                 **given, 'space': space, 'dataset': dataset, 'data': data})
     check_args(args, ddp.world)
     net = build_network(config).to(device)
     load_weights(net, state['model'], given['eval_only'])

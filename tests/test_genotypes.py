@@ -32,8 +32,9 @@ def small(normal=PAIRS, reduce=UNIQUE_TRIPLES, normal_concat=(2, 3), reduce_conc
 def test_primitives_and_candidates():
     assert genotypes.PRIMITIVES[0] == 'none' and len(genotypes.PRIMITIVES) == 8
     assert genotypes.CANDIDATES == genotypes.PRIMITIVES[1:]
-    # Every name a genotype may use has an operation, and every operation can be named.
-    assert set(genotypes.OPERATIONS) == set(operations.OPS)
+    # Every name a genotype of either space may use has an operation, and every operation can be named.
+    assert set(genotypes.OPERATIONS) | set(genotypes.NB201_OPERATIONS) == set(operations.OPS)
+    assert genotypes.NB201_CANDIDATES == genotypes.NB201_OPERATIONS[1:]
 
 
 # ----------------------------------------------------------------------------------------------------

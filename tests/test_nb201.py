@@ -1,0 +1,362 @@
+"""The NAS-Bench-201 space: the benchmark's network sizes, its architecture strings, the supernet's
+pruning, derivation, a search end to end, retraining, and the benchmark lookup."""
+import itertools
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+import derive
+import genotypes
+import search
+import spaces
+import train
+import utils
+from model_search import NB201Network, NB201Search
+
+NONE = '|none~0|+|none~0|none~1|+|none~0|none~1|none~2|'
+CONV3 = '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|'
+RESNET = '|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|none~2|'
+
+
+def arch(ops):
+    """The string of six ops in the string's order (1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2)."""
+    edges = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
+    return genotypes.nb201_string([(op, s, d) for op, (s, d) in zip(ops, edges)])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The network of a string has the benchmark's size
+# ----------------------------------------------------------------------------------------------------
+
+def expected_params(string, num_classes=10):
+    """The size from the benchmark's definition: the fixed skeleton plus each cell's convolutions."""
+    per_op = {'nor_conv_3x3': lambda C: 9 * C * C + 2 * C, 'nor_conv_1x1': lambda C: C * C + 2 * C}
+    cells = sum(5 * per_op[op](C) for op, _, _ in genotypes.nb201_cell(string) if op in per_op
+                for C in (16, 32, 64))
+    stem = 3 * 16 * 9 + 2 * 16
+    blocks = sum(9 * a * b + 2 * b + 9 * b * b + 2 * b + a * b for a, b in ((16, 32), (32, 64)))
+    return stem + blocks + 2 * 64 + 64 * num_classes + num_classes + cells
+
+
+@pytest.mark.parametrize('string, published', [(NONE, 0.073306), (CONV3, 1.531546)])
+def test_the_smallest_and_largest_networks_have_the_published_sizes(string, published):
+    # The benchmark's CIFAR-10 table spans 0.073306 to 1.531546 M parameters and 7.78305 to
+    # 220.11969 M FLOPs (multiply-adds).
+    net = NB201Network(16, 5, 10, string)
+    assert utils.count_params(net) / 1e6 == pytest.approx(published, abs=5e-7)
+    macs = utils.count_macs(net, (3, 32, 32)) / 1e6
+    assert macs == pytest.approx(7.78305 if string == NONE else 220.11969, abs=2e-5)
+
+
+def test_cifar100_head_gives_the_published_smallest_size():
+    assert utils.count_params(NB201Network(16, 5, 100, NONE)) == 79156
+
+
+@pytest.mark.parametrize('string', [RESNET, genotypes.NB201_EXAMPLE, arch(['nor_conv_1x1'] * 6),
+                                    arch(['avg_pool_3x3', 'skip_connect', 'nor_conv_1x1', 'none',
+                                          'nor_conv_3x3', 'avg_pool_3x3'])])
+def test_every_cell_has_the_size_of_the_benchmarks_definition(string):
+    net = NB201Network(16, 5, 10, string)
+    assert utils.count_params(net) == expected_params(string)
+    logits, aux = net(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and aux is None
+
+
+def test_ops_out_of_a_node_without_input_read_its_zeros_as_the_benchmark_does():
+    # Node 1 gets nothing; the conv 1->3 still runs on zeros, so its BatchNorm shift reaches node 3.
+    net = NB201Network(4, 1, 10, arch(['none', 'none', 'none', 'none', 'nor_conv_3x3', 'none'])).eval()
+    conv = net.cells[0].edges[0].ops[0]
+    calls = []
+    conv.register_forward_hook(lambda m, i, o: calls.append(float(i[0].abs().sum())))
+    net(torch.randn(1, 3, 32, 32))
+    assert calls == [0.0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Architecture strings and files
+# ----------------------------------------------------------------------------------------------------
+
+def test_every_string_of_the_space_round_trips():
+    seen = set()
+    for ops in itertools.product(genotypes.NB201_OPERATIONS, repeat=6):
+        s = arch(ops)
+        edges = genotypes.nb201_edges(s)
+        assert [op for op, _, _ in edges] == list(ops)
+        assert genotypes.nb201_string(genotypes.nb201_cell(s)) == s
+        seen.add(s)
+    assert len(seen) == 15625
+
+
+def test_the_json_file_records_the_space_and_the_string(tmp_path):
+    genotypes.save_json(RESNET, tmp_path / 'g.json')
+    assert json.loads((tmp_path / 'g.json').read_text()) == {'space': 'nb201', 'arch': RESNET}
+    assert genotypes.load_file(tmp_path / 'g.json') == ('nb201', RESNET)
+    with pytest.raises(ValueError, match='nb201 space, not a DARTS genotype'):
+        genotypes.load_json(tmp_path / 'g.json')
+    genotypes.save_json(genotypes.DARTS_V2, tmp_path / 'd.json')
+    assert genotypes.load_file(tmp_path / 'd.json') == ('darts', genotypes.canonical(genotypes.DARTS_V2))
+
+
+@pytest.mark.parametrize('bad, message', [
+    ('|nor_conv_3x3~0|+|none~0|none~1|', 'expected 3 groups'),
+    ('nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|', 'node 1 is'),
+    ('|nor_conv_3x3~0|+|none~0|+|none~0|none~1|none~2|', 'node 2 needs 2'),
+    ('|nor_conv_3x3~1|+|none~0|none~1|+|none~0|none~1|none~2|', 'must be op~0'),
+    ('|nor_conv_3x3|+|none~0|none~1|+|none~0|none~1|none~2|', 'must be op~0'),
+    ('|sep_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|', "unknown operation 'sep_conv_3x3'"),
+    (None, 'is a string'),
+])
+def test_malformed_strings_are_named(bad, message):
+    with pytest.raises(ValueError, match=message):
+        genotypes.nb201_edges(bad)
+
+
+@pytest.mark.parametrize('content, message', [
+    ({'space': 'nb201', 'arch': '|x~0|'}, 'malformed'),
+    ({'space': 'nb201'}, 'must be'),
+    ({'space': 'other', 'arch': RESNET}, 'must be'),
+])
+def test_bad_nb201_files_are_named(content, message, tmp_path):
+    (tmp_path / 'g.json').write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=message):
+        genotypes.load_file(tmp_path / 'g.json')
+
+
+# ----------------------------------------------------------------------------------------------------
+# The supernet
+# ----------------------------------------------------------------------------------------------------
+
+def test_supernet_switches_are_tied_over_the_fifteen_cells():
+    net = NB201Search(4, 5)
+    info = net.switch_info()
+    assert len(net.cells) == 15 and len(info) == 15 * 6 * 5
+    keys = {d['key'] for d in info}
+    assert len(keys) == 6 * 5 and all(k.startswith('normal/') for k in keys)
+    prior = net.build_prior(0.002, 0.002)
+    assert len(prior.keys) == 30
+    parent, inflow = net.couplings()
+    assert inflow['normal/1->3'] == ['normal/0->1'] and inflow['normal/0->2'] == []
+    assert len({d['key'] for d in NB201Search(4, 2, tie=False).switch_info()}) == 6 * 6 * 5
+
+
+def test_pruned_ops_and_edges_of_the_supernet_are_not_computed():
+    torch.manual_seed(0)
+    net = NB201Search(4, 1).eval()
+    prior = net.build_prior(0.002, 0.002)
+    calls = []
+    for cell in net.cells:
+        for edge in cell.edges:
+            for name, op in zip(edge.names, edge.ops):
+                op.register_forward_hook(lambda m, i, o, k=(edge.src, edge.dst, name): calls.append(k))
+    x = torch.randn(2, 3, 32, 32)
+    net(x)
+    assert len(calls) == 3 * 6 * 4                      # three cells, every op
+    prune = {'normal/0->1', 'normal/1->2/nor_conv_3x3'}     # node 1 loses its only input
+    prior.gamma[[prior.index[k] for k in prune]] = 0.
+    prior.prune(0.0)
+    calls.clear()
+    out = net(x)
+    assert torch.isfinite(out).all() and len(calls) == 3 * (6 - 3) * 4    # edges 0->1, 1->2, 1->3 gone
+    assert not any(src == 1 or (src, dst) == (0, 1) for src, dst, _ in calls)
+    assert (0, 2, 'nor_conv_3x3') in calls and (2, 3, 'skip_connect') in calls
+
+
+def test_a_cell_whose_output_node_is_pruned_gives_zeros():
+    net = NB201Search(4, 1).eval()
+    prior = net.build_prior(0.002, 0.002)
+    prior.gamma[[prior.index[f'normal/{i}->3'] for i in range(3)]] = 0.
+    prior.prune(0.0)
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.equal(net.cells[0](x), torch.zeros_like(x))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Derivation
+# ----------------------------------------------------------------------------------------------------
+
+def rows(gammas, pruned=()):
+    """Gamma-table rows of a tied nb201 search: gammas {(src, dst, op): gamma}, edges at gamma 1."""
+    out = []
+    for dst in range(1, 4):
+        for src in range(dst):
+            edge = f'normal/{src}->{dst}'
+            out.append(dict(key=edge, gamma=1.0, pruned=edge in pruned))
+            for op in genotypes.NB201_CANDIDATES:
+                g = gammas.get((src, dst, op), 0.0)
+                out.append(dict(key=f'{edge}/{op}', gamma=g, pruned=g == 0 or edge in pruned))
+    return out
+
+
+NB = spaces.get('nb201')
+
+
+def test_derivation_keeps_the_strongest_surviving_op_of_each_edge():
+    g = {(0, 1, 'nor_conv_3x3'): 0.5, (0, 1, 'skip_connect'): 0.9, (0, 2, 'nor_conv_1x1'): 0.2,
+         (1, 2, 'avg_pool_3x3'): 0.1, (0, 3, 'skip_connect'): 0.3, (1, 3, 'nor_conv_3x3'): 0.3,
+         (1, 3, 'nor_conv_1x1'): 0.3, (2, 3, 'nor_conv_3x3'): 1e-3}
+    string = derive.derive_from_table(rows(g), threshold=0, space=NB)
+    # Ties go to the space's candidate order (1x1 before 3x3).
+    assert string == '|skip_connect~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|'
+    assert derive.derive_from_table(rows(g), threshold=0.25, space=NB) == \
+        '|skip_connect~0|+|none~0|none~1|+|skip_connect~0|nor_conv_1x1~1|none~2|'
+
+
+def test_ops_into_a_node_that_does_not_reach_the_output_are_dropped():
+    g = {(0, 1, 'nor_conv_3x3'): 0.5, (0, 2, 'nor_conv_3x3'): 0.5, (0, 3, 'skip_connect'): 0.5}
+    # Node 1 and node 2 are computed but nothing carries them to node 3.
+    assert derive.derive_from_table(rows(g), threshold=0, space=NB) == \
+        '|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|'
+    g[(2, 3, 'avg_pool_3x3')] = 0.1
+    assert derive.derive_from_table(rows(g), threshold=0, space=NB) == \
+        '|none~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|'
+
+
+def test_a_pruned_edge_becomes_none_and_an_empty_cell_is_refused():
+    g = {(0, 1, 'nor_conv_3x3'): 0.5, (1, 3, 'nor_conv_3x3'): 0.5, (0, 3, 'skip_connect'): 0.5}
+    assert derive.derive_from_table(rows(g, pruned={'normal/0->1'}), threshold=0, space=NB) == \
+        '|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|'
+    with pytest.raises(utils.UserError, match='no operation into any output node'):
+        derive.derive_from_table(rows({(0, 1, 'nor_conv_3x3'): 0.5}), threshold=0, space=NB)
+    with pytest.raises(utils.UserError, match='--topk does not apply to the nb201 space'):
+        derive.derive_from_table(rows(g), topk=2, space=NB)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Search, derive, retrain, look up: end to end on real images
+# ----------------------------------------------------------------------------------------------------
+
+TINY = ['--space', 'nb201', '--layers', '1', '--init_channels', '4', '--batch_size', '8',
+        '--warmup_portion', '0.2', '--hessian_batches', '2', '--report_freq', '4', '--seed', '1']
+
+
+def table(path, rows_, header='arch_str,cifar10_valid_acc,cifar10_test_acc,params'):
+    path.write_text(header + '\n' + ''.join(','.join(map(str, r)) + '\n' for r in rows_))
+    return path
+
+
+def test_a_tiny_search_derives_retrains_and_looks_up_its_cell(small_cifar, tmp_path, capsys):
+    data = small_cifar(24, 20)
+    save = tmp_path / 'run'
+    result = search.main(['--data', str(data), '--save', str(save)] + TINY)
+    string = result['genotype']
+    genotypes.nb201_edges(string)
+    assert capsys.readouterr().out.splitlines()[-1] == string       # the last line is the string
+    assert genotypes.load_file(save / 'genotype.json') == ('nb201', string)
+    doc = json.loads((save / 'gamma.json').read_text())
+    assert doc['space'] == 'nb201' and len(doc['groups']) == 30
+    assert (save / 'cell.png').read_bytes()[:4] == b'\x89PNG'
+    assert not (save / 'genotype.py').exists() and not (save / 'cell_normal.png').exists()
+
+    csv = table(tmp_path / 'bench.csv', [(string, 85.5, 88.25, 1.2), (string, 86.5, 88.75, 1.2),
+                                         (RESNET, 90, 93, 0.5)])
+    assert derive.main([str(save), '--benchmark', str(csv)]) == string
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == string
+    assert out[1] == '# benchmark bench.csv (mean of 2 rows): cifar10_valid_acc 86.00, cifar10_test_acc 88.50'
+
+    # The same search with a lookup prints it before the string, which stays the last line.
+    search.main(['--data', str(data), '--save', str(tmp_path / 'run2'), '--benchmark', str(csv)] + TINY)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == string and 'benchmark bench.csv' in lines[-3]
+
+    trained = train.main(['--space', 'nb201', '--genotype', str(save / 'genotype.json'), '--data', str(data),
+                          '--epochs', '1', '--layers', '1', '--init_channels', '4', '--batch_size', '16',
+                          '--save', str(tmp_path / 'train')])
+    args = json.loads((tmp_path / 'train' / 'args.json').read_text())
+    assert (args['nesterov'], args['weight_decay'], args['lr_schedule'], args['cutout'], args['auxiliary']) == \
+        (True, 5e-4, 'cosine', False, False)
+    assert trained['params'] == utils.count_params(NB201Network(4, 1, 10, string))
+    assert train.main(['--eval_only', str(tmp_path / 'train' / 'model.pt'), '--data', str(data)])['test_acc'] == \
+        trained['test_acc']
+
+
+def test_train_uses_the_benchmarks_recipe_by_default():
+    args = train.fresh_args({'space': 'nb201', 'arch': RESNET})
+    assert {k: args[k] for k in ('epochs', 'batch_size', 'learning_rate', 'lr_schedule', 'momentum', 'nesterov',
+                                 'weight_decay', 'init_channels', 'layers', 'cutout', 'auxiliary',
+                                 'drop_path_prob', 'grad_clip', 'label_smooth')} == dict(
+        epochs=200, batch_size=256, learning_rate=0.1, lr_schedule='cosine', momentum=0.9, nesterov=True,
+        weight_decay=5e-4, init_channels=16, layers=5, cutout=False, auxiliary=False, drop_path_prob=0.0,
+        grad_clip=0.0, label_smooth=0.0)
+    assert train.fresh_args({})['nesterov'] is False
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--space', 'nb201'], '--space nb201 needs --arch'),
+    (['--space', 'nb201', '--arch', '|nor_conv_3x3~0|'], 'malformed NAS-Bench-201 architecture'),
+    (['--space', 'nb201', '--arch', RESNET, '--dataset', 'imagenet'], 'CIFAR-10 only'),
+    (['--space', 'nb201', '--arch', RESNET, '--auxiliary'], 'no auxiliary head'),
+    (['--space', 'nb201', '--arch', RESNET, '--momentum', '0'], '--nesterov needs a positive --momentum'),
+])
+def test_train_refuses_bad_nb201_input_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        utils.cli(lambda: train.main(argv + ['--data', '/nonexistent']))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_names_the_space_of_a_genotype_file(tmp_path):
+    genotypes.save_json(RESNET, tmp_path / 'g.json')
+    with pytest.raises(utils.UserError, match='nb201 space; pass --space nb201'):
+        train.load_genotype(train.argparse.Namespace(**train.fresh_args({'genotype': str(tmp_path / 'g.json')})))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Benchmark lookup errors
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('header, rows_, message', [
+    ('cell,cifar10_test_acc', [(RESNET, 93)], 'no column of architecture strings'),
+    ('arch,params', [(RESNET, 0.5)], 'no accuracy column'),
+    ('arch,test_acc', [(NONE, 10)], 'is not in benchmark table'),
+    ('arch,test_acc', [(RESNET, 'n/a')], 'hold no numbers'),
+])
+def test_bad_benchmark_tables_are_named(header, rows_, message, tmp_path):
+    path = table(tmp_path / 't.csv', rows_, header)
+    with pytest.raises(utils.UserError, match=message):
+        derive.lookup(path, RESNET)
+
+
+def test_a_missing_benchmark_file_is_named(tmp_path):
+    with pytest.raises(utils.UserError, match='does not exist'):
+        derive.lookup(tmp_path / 'missing.csv', RESNET)
+
+
+def test_the_nats_bench_file_needs_its_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'nats_bench', None)       # import fails as if not installed
+    (tmp_path / 'NATS-tss-v1_0-3ffb9-simple').mkdir()
+    with pytest.raises(utils.UserError, match='needs the nats_bench package'):
+        derive.lookup(tmp_path / 'NATS-tss-v1_0-3ffb9-simple', RESNET)
+
+
+def test_the_nats_bench_api_is_asked_for_the_200_epoch_accuracies(tmp_path, monkeypatch):
+    asked = []
+
+    class API:
+        def query_index_by_arch(self, arch):
+            return 7 if arch == RESNET else -1
+
+        def get_more_info(self, index, dataset, hp, is_random):
+            asked.append((index, dataset, hp, is_random))
+            return {'valid-accuracy': 90.0, 'test-accuracy': 93.5} if dataset == 'cifar10-valid' else \
+                {'test-accuracy': 94.0}
+
+    fake = types.ModuleType('nats_bench')
+    fake.create = lambda path, space, fast_mode, verbose: API() if space == 'tss' else None
+    monkeypatch.setitem(sys.modules, 'nats_bench', fake)
+    path = tmp_path / 'NATS-tss'
+    path.mkdir()
+    assert derive.lookup(path, RESNET) == ('# benchmark NATS-tss: cifar10-valid valid-accuracy 90.00, '
+                                           'cifar10-valid test-accuracy 93.50, cifar10 test-accuracy 94.00')
+    assert asked == [(7, 'cifar10-valid', '200', False), (7, 'cifar10', '200', False)]
+    with pytest.raises(utils.UserError, match='is not in the NATS-Bench file'):
+        derive.lookup(path, NONE)
+
+
+def test_benchmark_applies_to_nb201_searches_only(small_cifar, tmp_path):
+    with pytest.raises(utils.UserError, match='--benchmark looks up NAS-Bench-201 cells'):
+        search.main(['--data', str(small_cifar(24, 20)), '--benchmark', str(tmp_path / 't.csv')])
