@@ -10,7 +10,8 @@ switch norm and with the curvature. Then, per cell type and edge, in how many ru
 operation ("skip" when every run that keeps it keeps only skip_connect); the Jaccard index of the
 kept (cell type, op, from, to) sets for every pair of runs; and each run's Jaccard index with a fixed
 template that needs no search (every op on the four edges from the inputs into nodes 2 and 3,
-skip_connect on every edge between intermediate nodes).
+skip_connect on every edge between intermediate nodes). NAS-Bench-201 runs (one cell, no template)
+are compared the same way; runs of different spaces are not compared.
 """
 import itertools
 import json
@@ -22,14 +23,25 @@ import genotypes
 import utils
 
 CELL_TYPES = ('normal', 'reduce')
-EDGES = [(s, d) for d in range(2, 6) for s in range(d)]
+EDGES = {'darts': [(s, d) for d in range(2, 6) for s in range(d)],
+         'nb201': [(s, d) for d in range(1, genotypes.NB201_NODES) for s in range(d)]}
 
 
-def kept_set(run):
+def read_genotype(run):
+    """(space, genotype) of a finished search."""
     path = Path(run) / 'genotype.json'
     if not path.is_file():
         raise utils.UserError(f'{path} is missing: {run} is not a finished search')
-    g = genotypes.load_json(path)
+    try:
+        return genotypes.load_file(path)
+    except ValueError as e:
+        raise utils.UserError(str(e)) from e
+
+
+def kept_set(run):
+    space, g = read_genotype(run)
+    if space == 'nb201':
+        return {('normal', op, s, d) for op, s, d in genotypes.nb201_cell(g)}
     return {(t, op, s, d) for t in CELL_TYPES for op, s, d in genotypes.cell_edges(getattr(g, t))}
 
 
@@ -70,12 +82,12 @@ def summary(run):
                 relevance_vs_curvature=spearman([r['relevance'] for r in relevant], [r['curvature'] for r in relevant]))
 
 
-def edge_survival(sets):
+def edge_survival(sets, space='darts'):
     """{cell type: {(src, dst): (runs keeping the edge, True when all of them keep only skip_connect)}}."""
     out = {}
-    for t in CELL_TYPES:
+    for t in CELL_TYPES if space == 'darts' else ('normal',):
         out[t] = {}
-        for s, d in EDGES:
+        for s, d in EDGES[space]:
             kept = [{op for (tt, op, ss, dd) in k if (tt, ss, dd) == (t, s, d)} for k in sets]
             used = [k for k in kept if k]
             out[t][(s, d)] = (len(used), bool(used) and all(k == {'skip_connect'} for k in used))
@@ -86,6 +98,10 @@ def main(argv=None):
     p = utils.Parser('stability.py', description='Compare finished searches (see the module docstring).')
     p.add_argument('runs', nargs='+', help='search run directories')
     args = p.parse_args(argv)
+    found = {read_genotype(r)[0] for r in args.runs}
+    if len(found) > 1:
+        raise utils.UserError(f'the runs are searches of different spaces ({", ".join(sorted(found))})')
+    space = found.pop()
     rows = [summary(r) for r in args.runs]
     sets = [kept_set(r) for r in args.runs]
     for r in rows:
@@ -93,15 +109,16 @@ def main(argv=None):
               f"{r['pruned_at_zero_relevance']} of them at relevance 0; Spearman gamma~norm "
               f"{r['gamma_vs_norm']:.2f}, gamma~curvature {r['gamma_vs_curvature']:.2f} (live ops), "
               f"relevance~norm {r['relevance_vs_norm']:.2f}, relevance~curvature {r['relevance_vs_curvature']:.2f}")
-    survival = edge_survival(sets)
-    for t in CELL_TYPES:
+    survival = edge_survival(sets, space)
+    for t in survival:
         print(f'{t} edges kept in n of {len(sets)} runs: ' + ' '.join(
             f'{s}->{d}:{n}{" skip" if skip else ""}' for (s, d), (n, skip) in survival[t].items()))
     pairs = {f'{a} {b}': jaccard(sets[i], sets[j]) for (i, a), (j, b) in itertools.combinations(enumerate(args.runs), 2)}
     for name, value in pairs.items():
         print(f'Jaccard {name}: {value:.2f}')
-    to_template = [jaccard(k, template()) for k in sets]
-    print('Jaccard with the no-search template: ' + ', '.join(f'{v:.2f}' for v in to_template))
+    to_template = [jaccard(k, template()) for k in sets] if space == 'darts' else []
+    if to_template:
+        print('Jaccard with the no-search template: ' + ', '.join(f'{v:.2f}' for v in to_template))
     return dict(runs=rows, survival=survival, jaccard=pairs, template=to_template)
 
 

@@ -45,3 +45,30 @@ def test_a_run_without_a_genotype_is_one_line(tmp_path):
                             cwd=ROOT, timeout=120)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
     assert 'not a gamma table' in result.stderr or 'is missing' in result.stderr
+
+
+def make_nb201_run(path, arch):
+    path.mkdir()
+    genotypes.save_json(arch, path / 'genotype.json')
+    rows = [dict(key=f'normal/{s}->{d}/{op}', op=op, pruned=False, gamma_raw=1.0, norm=1.0, curvature=1.0,
+                 relevance=2.0) for op, s, d in genotypes.nb201_cell(arch)]
+    (path / 'gamma.json').write_text(json.dumps(dict(space='nb201', groups=rows)))
+    return path
+
+
+def test_nb201_runs_are_compared_on_their_six_edges(tmp_path):
+    a = make_nb201_run(tmp_path / 'a', '|skip_connect~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|none~2|')
+    b = make_nb201_run(tmp_path / 'b', '|skip_connect~0|+|nor_conv_1x1~0|none~1|+|none~0|none~1|avg_pool_3x3~2|')
+    out = stability.main([str(a), str(b)])
+    assert [(r['normal'], r['reduce']) for r in out['runs']] == [(3, 0), (3, 0)]
+    assert out['survival'] == {'normal': {(0, 1): (2, True), (0, 2): (2, False), (1, 2): (0, False),
+                                          (0, 3): (1, True), (1, 3): (0, False), (2, 3): (1, False)}}
+    assert abs(list(out['jaccard'].values())[0] - 1 / 5) < 1e-9 and out['template'] == []
+
+
+def test_runs_of_different_spaces_are_refused(tmp_path):
+    a = make_nb201_run(tmp_path / 'a', '|skip_connect~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|none~2|')
+    b = make_run(tmp_path / 'b', [('sep_conv_3x3', 0, 2)], [('max_pool_3x3', 0, 2)])
+    result = subprocess.run([sys.executable, 'stability.py', str(a), str(b)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and 'different spaces (darts, nb201)' in result.stderr
