@@ -1,5 +1,6 @@
 """Tests of compress.py: switches on unit groups, physical pruning, the magnitude baseline, the
 proximal switch optimiser, and the compression run on the MNIST subset (resume, errors, outputs)."""
+import ast
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch.nn as nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import compress  # noqa: E402
+import prune  # noqa: E402
 import utils  # noqa: E402
 from hessian import HardPrior, Switch  # noqa: E402
 
@@ -61,12 +63,12 @@ def outputs(net, x, train):
 # ----------------------------------------------------------------------------------------------------
 
 def test_switch_layers_of_each_model():
-    labels = {name: [r['label'] for r in compress.switch_layers(compress.build(name)[1])] for name in INPUT}
+    labels = {name: [r['label'] for r in prune.switch_layers(compress.build(name)[1])] for name in INPUT}
     assert labels['lenet300'] == ['in', 'fc1', 'fc2']
     assert labels['lenet5'] == ['conv1', 'conv2', 'flat', 'fc1']
     assert labels['vgg16'] == [f'conv{i}' for i in range(1, 14)] + ['fc1']
-    units = compress.layer_units(compress.build('lenet5')[1])
-    assert compress.units_string(units, 1) == '20-50-800-500'
+    units = prune.layer_units(compress.build('lenet5')[1])
+    assert prune.units_string(units, 1) == '20-50-800-500'
 
 
 @pytest.mark.parametrize('name', ['lenet300', 'lenet5', 'vgg16'])
@@ -74,16 +76,16 @@ def test_switch_layers_of_each_model():
 def test_physical_prune_equals_masked_network(name, train):
     seq = switched(name)
     x = torch.randn(4, *INPUT[name], dtype=torch.float64)
-    pruned = compress.physical_prune(seq)
+    pruned = prune.physical_prune(seq)
     assert not any(isinstance(m, Switch) for m in pruned.modules())
     assert utils.count_params(pruned) < utils.count_params(seq)
     torch.testing.assert_close(outputs(pruned, x, train), outputs(seq, x, train), rtol=1e-9, atol=1e-9)
     # The pruned network really is smaller: its unit layers have exactly the live units.
-    live = [u[2] for u in compress.layer_units(seq)]
-    rows = [r for r in compress.switch_layers(seq) if r['owner'] is not None]
+    live = [u[2] for u in prune.layer_units(seq)]
+    rows = [r for r in prune.switch_layers(seq) if r['owner'] is not None]
     widths = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
               for m in pruned if isinstance(m, (nn.Conv2d, nn.Linear))][:len(rows)]
-    assert widths == [n for n, r in zip(live, compress.switch_layers(seq)) if r['owner'] is not None]
+    assert widths == [n for n, r in zip(live, prune.switch_layers(seq)) if r['owner'] is not None]
 
 
 @pytest.mark.parametrize('name', ['lenet300', 'lenet5', 'vgg16'])
@@ -91,10 +93,10 @@ def test_fold_switches_keeps_the_function(name):
     seq = switched(name, seed=1)
     x = torch.randn(3, *INPUT[name], dtype=torch.float64)
     before = outputs(seq, x, False)
-    masks = [r['switch'].mask.clone() for r in compress.switch_layers(seq)]
-    compress.fold_switches(seq)
+    masks = [r['switch'].mask.clone() for r in prune.switch_layers(seq)]
+    prune.fold_switches(seq)
     torch.testing.assert_close(outputs(seq, x, False), before, rtol=1e-9, atol=1e-9)
-    for r, mask in zip(compress.switch_layers(seq), masks):
+    for r, mask in zip(prune.switch_layers(seq), masks):
         assert torch.equal(r['switch'].s.detach(), mask)     # 1 where live, 0 where pruned
 
 
@@ -105,7 +107,7 @@ def small_chain():
     plain = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
                           nn.Conv2d(6, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(5 * 16, 7), nn.ReLU(), nn.Linear(7, 3))
-    return randomise(compress.add_switches(plain, flat_switch=True).double(), keep=1.0)
+    return randomise(prune.add_switches(plain, flat_switch=True).double(), keep=1.0)
 
 
 def test_groups_removed_consistently_across_conv_bn_conv_and_flatten():
@@ -117,7 +119,7 @@ def test_groups_removed_consistently_across_conv_bn_conv_and_flatten():
     dead_feature = 1 * 16 + 5                                                          # in channel 1 of conv2
     flat.prune_(torch.arange(80) == dead_feature)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    pruned = compress.physical_prune(seq)
+    pruned = prune.physical_prune(seq)
     p_conv1, p_bn1, _, p_conv2, p_bn2, _, _, _, select, p_fc1 = list(pruned)[:10]
     keep1, keep2 = [0, 1, 3, 4, 5], [1, 2, 4]
     # conv1 loses filter 2, its BatchNorm the matching channel, conv2 the matching input channel.
@@ -132,7 +134,7 @@ def test_groups_removed_consistently_across_conv_bn_conv_and_flatten():
     assert p_bn2.num_features == 3 and torch.equal(p_bn2.running_var, orig['5.running_var'][keep2])
     # Flatten: each surviving channel keeps its 16 features; the pruned flat feature goes by a Select.
     features = torch.cat([torch.arange(c * 16, (c + 1) * 16) for c in keep2])
-    assert isinstance(select, compress.Select) and len(select.index) == 47
+    assert isinstance(select, prune.Select) and len(select.index) == 47
     features = features[features != dead_feature]
     assert p_fc1.weight.shape == (7, 47)
     # The flat switch folds into fc1's columns, fc1's own switch into its rows.
@@ -141,7 +143,7 @@ def test_groups_removed_consistently_across_conv_bn_conv_and_flatten():
     torch.testing.assert_close(outputs(pruned, x, False), outputs(seq, x, False), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(outputs(pruned, x, True), outputs(seq, x, True), rtol=1e-9, atol=1e-9)
     # alive_units follows the same dependency: the flat features of dead channels are dead too.
-    assert [u[2] for u in compress.layer_units(seq)] == [5, 3, 47, 7]
+    assert [u[2] for u in prune.layer_units(seq)] == [5, 3, 47, 7]
 
 
 def test_torchvision_style_network_with_chain():
@@ -154,16 +156,16 @@ def test_torchvision_style_network_with_chain():
             self.classifier = nn.Sequential(nn.Linear(24, 10), nn.ReLU(True), nn.Dropout(), nn.Linear(10, 4))
 
     torch.manual_seed(0)
-    seq = randomise(compress.add_switches(compress.chain(Tiny())).double(), seed=3)
-    assert [r['label'] for r in compress.switch_layers(seq)] == ['conv1', 'conv2', 'fc1']
+    seq = randomise(prune.add_switches(prune.chain(Tiny())).double(), seed=3)
+    assert [r['label'] for r in prune.switch_layers(seq)] == ['conv1', 'conv2', 'fc1']
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    torch.testing.assert_close(outputs(compress.physical_prune(seq), x, False), outputs(seq, x, False))
+    torch.testing.assert_close(outputs(prune.physical_prune(seq), x, False), outputs(seq, x, False))
 
 
 @pytest.mark.parametrize('name', ['lenet300', 'lenet5'])
 def test_load_pruned_round_trip(tmp_path, name):
     seq = switched(name, seed=2, dtype=torch.float32)
-    pruned = compress.physical_prune(seq).eval()
+    pruned = prune.physical_prune(seq).eval()
     compress.save_pruned(name, seq, pruned, tmp_path / 'pruned.pt')
     loaded = compress.load_pruned(tmp_path / 'pruned.pt')
     assert isinstance(loaded, nn.Sequential) and not loaded.training
@@ -181,6 +183,16 @@ def test_load_pruned_refuses_other_files(tmp_path):
         compress.load_pruned(tmp_path / 'junk.pt')
 
 
+def test_prune_imports_nothing_of_the_project_but_hessian():
+    tree = ast.parse((REPO / 'prune.py').read_text())
+    imported = {alias.name.split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    project = {path.stem for path in REPO.glob('*.py')}
+    assert imported & project == {'hessian'}
+    assert imported - project <= {'copy', 'math', 'typing', 'torch'}
+
+
 # ----------------------------------------------------------------------------------------------------
 # The magnitude baseline, the switch optimiser, the last-unit guard
 # ----------------------------------------------------------------------------------------------------
@@ -191,9 +203,9 @@ def test_magnitude_prune_drops_the_smallest_groups():
     conv1 = seq[0]
     with torch.no_grad():
         conv1.weight.mul_(torch.arange(1, 21, dtype=torch.float32).view(20, 1, 1, 1))  # filter norm grows with index
-    compress.magnitude_prune(seq, [12, 30, 300, 100])
-    assert [u[2] for u in compress.layer_units(seq)] == [12, 30, 300, 100]
-    rows = compress.switch_layers(seq)
+    prune.magnitude_prune(seq, [12, 30, 300, 100])
+    assert [u[2] for u in prune.layer_units(seq)] == [12, 30, 300, 100]
+    rows = prune.switch_layers(seq)
     assert torch.equal(rows[0]['switch'].mask.flatten().nonzero().flatten(), torch.arange(8, 20))
     # Features of pruned conv2 filters are dead before the flat layer is pruned, so they count as pruned.
     assert int((rows[2]['switch'].mask != 0).sum()) >= 300
