@@ -125,6 +125,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -270,30 +271,34 @@ def test_error(model, x, y, mean, std, batch_size=500):
 # The compression run
 # ----------------------------------------------------------------------------------------------------
 
+class Phase(NamedTuple):
+    name: str       # as the log and metrics.jsonl call it: 'dense', 'iteration 2', ...
+    kind: str       # 'dense', 'penalised', 'finetune' or 'magnitude'
+    epochs: int
+
+
 def schedule(args):
-    """The run's phases in order: (name, kind, epochs)."""
-    phases = [('dense', 'dense', 0 if args.pretrained else args.epochs)]
-    phases += [(f'iteration {k}', 'penalised', args.epochs_per_iteration) for k in range(1, args.iterations + 1)]
-    phases.append(('finetune', 'finetune', args.finetune_epochs))
+    """The run's phases in order."""
+    phases = [Phase('dense', 'dense', 0 if args.pretrained else args.epochs)]
+    phases += [Phase(f'iteration {k}', 'penalised', args.epochs_per_iteration) for k in range(1, args.iterations + 1)]
+    phases.append(Phase('finetune', 'finetune', args.finetune_epochs))
     if args.compare == 'magnitude':
         # The same number of epochs BayesNAS trains after the dense phase.
-        phases.append(('magnitude', 'magnitude', args.iterations * args.epochs_per_iteration + args.finetune_epochs))
+        phases.append(Phase('magnitude', 'magnitude',
+                            args.iterations * args.epochs_per_iteration + args.finetune_epochs))
     return phases
-
-
-def group_ids(prior, name, sw):
-    """Indices into the prior's groups of the entries of switch `name` (one group per entry)."""
-    keys = [name] if sw.s.numel() == 1 else [f'{name}[{i}]' for i in range(sw.s.numel())]   # as HardPrior
-    return torch.tensor([prior.index[k] for k in keys], device=prior.gamma.device)
 
 
 def keep_strongest(model, prior, threshold):
     """No layer may lose its last unit (the network would output a constant): if every live unit of a
     switch is below the threshold, the one with the largest gamma is raised to it."""
+    # The prior's group indices of each switch's entries, in the order HardPrior numbered them.
+    sizes = [sw.s.numel() for _, sw in prior.switches]
+    groups = {name: ids for (name, _), ids in zip(prior.switches, prior.gid.split(sizes))}
     for name, sw in model.named_modules():
         if not isinstance(sw, Switch):
             continue
-        ids = group_ids(prior, name, sw)
+        ids = groups[name]
         gamma, live = prior.gamma[ids], ~prior.pruned[ids]
         if live.any() and not (live & (gamma >= threshold)).any():
             best = ids[torch.where(live, gamma, torch.full_like(gamma, -math.inf)).argmax()]
@@ -303,8 +308,8 @@ def keep_strongest(model, prior, threshold):
 class Compression:
     """State and phases of one run: the switched model, its prior, the optional baseline, the data.
 
-    self.st holds everything that changes as the run goes (phase, epoch, optimiser states, the dense
-    weights, results); with the model, prior, baseline and RNG states it is the checkpoint."""
+    self.progress holds everything else that changes as the run goes (phase, epoch, optimiser states,
+    the dense weights, results); with the model, prior, baseline and RNG states it is the checkpoint."""
 
     def __init__(self, args, run, device, data, dense=None):
         self.args, self.run, self.data = args, run, data
@@ -323,21 +328,21 @@ class Compression:
             raise utils.UserError(f'--batch_size {args.batch_size} is larger than the training set '
                                   f'({len(self.data["train_x"])} images)')
         self.phases = schedule(args)
-        self.st = dict(phase=0, epoch=0, optimizer=None, dense=None, results={}, elapsed=0.0)
+        self.progress = dict(phase=0, epoch=0, optimizer=None, dense=None, results={}, elapsed=0.0)
         self.t0 = time.time()
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
     def elapsed(self):
-        return self.st['elapsed'] + time.time() - self.t0
+        return self.progress['elapsed'] + time.time() - self.t0
 
     def save(self):
         # run_files: how far log.txt and metrics.jsonl were written, for a resumed run to rewind to.
-        st = dict(self.st, elapsed=self.elapsed(), kind='compress', run_files=self.run.sizes(),
-                  args=vars(self.args),
-                  model=self.model.state_dict(), prior=self.prior.state_dict(), rng=utils.get_rng_state(),
-                  baseline=self.baseline.state_dict() if self.baseline is not None else None)
-        utils.save_checkpoint(st, self.run.file('checkpoint.pt'))
+        state = dict(self.progress, elapsed=self.elapsed(), kind='compress', run_files=self.run.sizes(),
+                     args=vars(self.args),
+                     model=self.model.state_dict(), prior=self.prior.state_dict(), rng=utils.get_rng_state(),
+                     baseline=self.baseline.state_dict() if self.baseline is not None else None)
+        utils.save_checkpoint(state, self.run.file('checkpoint.pt'))
 
     def restore(self, state):
         try:
@@ -345,7 +350,7 @@ class Compression:
             self.prior.load_state_dict(state['prior'])
             if self.baseline is not None:
                 self.baseline.load_state_dict(state['baseline'])
-            self.st = {k: state[k] for k in self.st}
+            self.progress = {k: state[k] for k in self.progress}
             utils.set_rng_state(state['rng'])
         except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as e:
             raise utils.UserError(f'checkpoint {self.run.file("checkpoint.pt")} does not fit this run: '
@@ -355,17 +360,20 @@ class Compression:
     # -- the phases ----------------------------------------------------------------------------------
 
     def execute(self):
-        while self.st['phase'] < len(self.phases):
-            name, kind, epochs = self.phases[self.st['phase']]
-            start = getattr(self, f'start_{kind}', None)
-            if start is not None and self.st['epoch'] == 0:
-                start()
+        # What each kind of phase does before its first epoch and after its last.
+        starts = {'finetune': self.start_finetune, 'magnitude': self.start_magnitude}
+        ends = {'dense': self.end_dense, 'penalised': self.end_penalised, 'finetune': self.end_finetune,
+                'magnitude': self.end_magnitude}
+        while self.progress['phase'] < len(self.phases):
+            name, kind, epochs = self.phases[self.progress['phase']]
+            if kind in starts and self.progress['epoch'] == 0:
+                starts[kind]()
             net = self.baseline if kind == 'magnitude' else self.model
             optimizer, switch_opt = self.optimizers(net, kind)
-            while self.st['epoch'] < epochs:
+            while self.progress['epoch'] < epochs:
                 self.train_one_epoch(name, kind, epochs, net, optimizer, switch_opt)
-            getattr(self, f'end_{kind}')(name)
-            self.st.update(phase=self.st['phase'] + 1, epoch=0, optimizer=None)
+            ends[kind](name)
+            self.progress.update(phase=self.progress['phase'] + 1, epoch=0, optimizer=None)
             self.save()
 
     def optimizers(self, net, kind):
@@ -376,7 +384,7 @@ class Compression:
             p.requires_grad_(penalised)
         optimizer = weight_optimizer(net, self.args)
         switch_opt = ProxAdam(self.prior, self.args.switch_lr) if penalised else None
-        saved = self.st['optimizer']
+        saved = self.progress['optimizer']
         if saved is not None:
             optimizer.load_state_dict(saved['weights'])
             if switch_opt is not None:
@@ -387,11 +395,11 @@ class Compression:
         """Index of the phase's first epoch in the data order; the baseline sees the batches that
         BayesNAS saw after the dense phase."""
         if kind == 'magnitude':
-            return self.phases[0][2]
-        return sum(p[2] for p in self.phases[:self.st['phase']])
+            return self.phases[0].epochs
+        return sum(p.epochs for p in self.phases[:self.progress['phase']])
 
     def train_one_epoch(self, name, kind, epochs, net, optimizer, switch_opt):
-        e, n = self.st['epoch'], len(self.batches)
+        e, n = self.progress['epoch'], len(self.batches)
         lr0, total = self.args.learning_rate, epochs * n
 
         def lr_of(step):
@@ -402,8 +410,8 @@ class Compression:
         index = self.epoch_offset(kind) + e
         self.batches.set_epoch(index)
         loss, err = train_epoch(net, self.batches, optimizer, lr_of, switch_opt, self.log, self.args.report_freq, name)
-        self.st['epoch'] += 1
-        self.st['optimizer'] = dict(weights=optimizer.state_dict(),
+        self.progress['epoch'] += 1
+        self.progress['optimizer'] = dict(weights=optimizer.state_dict(),
                                     switches=switch_opt.state_dict() if switch_opt is not None else None)
         penalty = f' penalty {self.prior.penalty().item():.4f}' if kind == 'penalised' else ''
         self.log(f'{name} epoch {e + 1}/{epochs} train loss {loss:.4f} error {err:.2f}%{penalty}')
@@ -419,11 +427,11 @@ class Compression:
         return test_error(net, self.data['test_x'], self.data['test_y'], self.data_spec['mean'], self.data_spec['std'])
 
     def end_dense(self, name):
-        self.st['dense'] = {k: v.detach().clone() for k, v in self.plain.state_dict().items()}
-        utils.save_checkpoint(dict(model=self.args.model, state_dict=self.st['dense']),
+        self.progress['dense'] = {k: v.detach().clone() for k, v in self.plain.state_dict().items()}
+        utils.save_checkpoint(dict(model=self.args.model, state_dict=self.progress['dense']),
                               self.run.file('dense_model.pt'))
-        self.st['results']['error_dense'] = self.error(self.model)
-        self.log(f'dense model: test error {self.st["results"]["error_dense"]:.2f}%')
+        self.progress['results']['error_dense'] = self.error(self.model)
+        self.log(f'dense model: test error {self.progress["results"]["error_dense"]:.2f}%')
 
     def end_penalised(self, name):
         """Curvature of the training loss w.r.t. every switch at the penalised model, the Laplace
@@ -431,26 +439,26 @@ class Compression:
         args = self.args
         batches = utils.Batches(self.data['train_x'], self.data['train_y'], args.batch_size, shuffle=True,
                                 mean=self.data_spec['mean'], std=self.data_spec['std'], seed=args.seed + 1)
-        batches.set_epoch(self.st['phase'])
+        batches.set_epoch(self.progress['phase'])
         curv = switch_curvature(self.model, itertools.islice(batches, args.hessian_batches), args.hessian)
         self.prior.update(curv)
         keep_strongest(self.model, self.prior, args.threshold)
         newly = self.prior.prune(args.threshold)
         units = prune.layer_units(self.model)
         err = self.error(self.model)
-        self.st['results'].setdefault('iterations', []).append(
-            dict(iteration=name, pruned=len(newly), units=[u[2] for u in units], masked_error=err))
-        self.log(f'{name}: pruned {len(newly)} units, {prune.units_string(units, 1)} -> {prune.units_string(units, 2)}, '
+        self.progress['results'].setdefault('iterations', []).append(
+            dict(iteration=name, pruned=len(newly), units=[u.live for u in units], masked_error=err))
+        self.log(f'{name}: pruned {len(newly)} units, {prune.units_string(units, "total")} -> {prune.units_string(units, "live")}, '
                  f'masked test error {err:.2f}%')
-        epoch = sum(p[2] for p in self.phases[:self.st['phase'] + 1])
-        self.run.metric(phase=name, epoch=epoch, pruned=len(newly), units=[u[2] for u in units], masked_error=err)
+        epoch = sum(p.epochs for p in self.phases[:self.progress['phase'] + 1])
+        self.run.metric(phase=name, epoch=epoch, pruned=len(newly), units=[u.live for u in units], masked_error=err)
 
     def start_finetune(self):
         """The switches' values go into the weights: fine-tuning trains the pruned network itself."""
         prune.fold_switches(self.model)
 
     def end_finetune(self, name):
-        res = self.st['results']
+        res = self.progress['results']
         res['error_masked'] = self.error(self.model)
         pruned = prune.physical_prune(self.model)
         res['error_pruned'] = self.error(pruned)
@@ -461,20 +469,20 @@ class Compression:
     def start_magnitude(self):
         """The dense weights, pruned by weight norm to the BayesNAS model's units per layer."""
         layers = list(self.baseline)
-        nn.Sequential(*[m for m in layers if not isinstance(m, Switch)]).load_state_dict(self.st['dense'])
+        nn.Sequential(*[m for m in layers if not isinstance(m, Switch)]).load_state_dict(self.progress['dense'])
         with torch.no_grad():
             for m in layers:
                 if isinstance(m, Switch):
                     m.s.fill_(1)
                     m.mask.fill_(1)
-        prune.magnitude_prune(self.baseline, [u[2] for u in prune.layer_units(self.model)])
-        res = self.st['results']
+        prune.magnitude_prune(self.baseline, [u.live for u in prune.layer_units(self.model)])
+        res = self.progress['results']
         res['error_magnitude_before_finetune'] = self.error(self.baseline)
-        self.log(f'magnitude baseline: {prune.units_string(prune.layer_units(self.baseline), 2)} units, test error '
+        self.log(f'magnitude baseline: {prune.units_string(prune.layer_units(self.baseline), "live")} units, test error '
                  f'before fine-tuning {res["error_magnitude_before_finetune"]:.2f}%')
 
     def end_magnitude(self, name):
-        res = self.st['results']
+        res = self.progress['results']
         res['error_magnitude'] = self.error(self.baseline)
         pruned = prune.physical_prune(self.baseline)
         res['error_magnitude_pruned'] = self.error(pruned)
@@ -515,28 +523,28 @@ def load_data(root, dataset, device):
 # Report
 # ----------------------------------------------------------------------------------------------------
 
-NAMES = {'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnitude'}     # report columns, in order
+REPORT_COLUMNS = {'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnitude'}     # in order
 
 
 def make_report(comp):
     """report.json, the table in the log, units.png and curves.png of a finished run."""
-    args, run, res = comp.args, comp.run, comp.st['results']
+    args, run, res = comp.args, comp.run, comp.progress['results']
     shape = comp.data_spec['shape']
     # comp.plain shares its layers with the switched model: its shapes are the dense network's.
     nets = {'dense': comp.plain, 'bayesnas': prune.physical_prune(comp.model)}
-    units = {'dense': [u[1] for u in prune.layer_units(comp.model)], 'bayesnas': [u[2] for u in prune.layer_units(comp.model)]}
+    layers = prune.layer_units(comp.model)
+    units = {'dense': [u.total for u in layers], 'bayesnas': [u.live for u in layers]}
     files = {'dense': 'dense_model.pt', 'bayesnas': 'pruned_model.pt'}
     if comp.baseline is not None:
         nets['magnitude'] = prune.physical_prune(comp.baseline)
-        units['magnitude'] = [u[2] for u in prune.layer_units(comp.baseline)]
+        units['magnitude'] = [u.live for u in prune.layer_units(comp.baseline)]
         files['magnitude'] = 'magnitude_model.pt'
     params = {k: utils.count_params(n) for k, n in nets.items()}
     macs = {k: utils.count_macs(n, shape) for k, n in nets.items()}
-    labels = [u[0] for u in prune.layer_units(comp.model)]
     last = res.get('iterations', [{}])[-1].get('masked_error')
     report = dict(
         model=args.model, dataset=MODELS[args.model]['data'],
-        layers=[dict(layer=label, **{k: v[i] for k, v in units.items()}) for i, label in enumerate(labels)],
+        layers=[dict(layer=label, **{k: v[i] for k, v in units.items()}) for i, label in enumerate(u.label for u in layers)],
         units={k: '-'.join(map(str, v)) for k, v in units.items()},
         params=params, macs=macs,
         compression={k: params['dense'] / params[k] for k in nets if k != 'dense'},
@@ -560,9 +568,9 @@ def make_report(comp):
 def report_lines(r):
     """The report as a table (one row per layer, one column per network) and two summary lines; the
     units strings ('20-50-800-500') stay out of the table, where deep networks would make it too wide."""
-    kinds = [k for k in NAMES if k in r['params']]
+    kinds = [k for k in REPORT_COLUMNS if k in r['params']]
     e = r['error']
-    rows = [('layer', [NAMES[k] for k in kinds])]
+    rows = [('layer', [REPORT_COLUMNS[k] for k in kinds])]
     rows += [(row['layer'], [str(row[k]) for k in kinds]) for row in r['layers']]
     rows += [(what, [f'{r[key][k]:,}' for k in kinds])
              for what, key in (('params', 'params'), ('MACs', 'macs'), ('file bytes', 'file_bytes'))]
@@ -592,14 +600,14 @@ def plot_units(report, path):
     matplotlib.use('Agg')  # files only
     import matplotlib.pyplot as plt
 
-    kinds = [k for k in NAMES if k in report['params']]
+    kinds = [k for k in REPORT_COLUMNS if k in report['params']]
     labels = [row['layer'] for row in report['layers']]
     width = 0.8 / len(kinds)
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(labels) + 2), 3.5))
     for j, k in enumerate(kinds):
         xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(labels))]
         values = [row[k] for row in report['layers']]
-        bars = ax.bar(xs, values, width, label=NAMES[k])
+        bars = ax.bar(xs, values, width, label=REPORT_COLUMNS[k])
         if len(labels) <= 6:
             ax.bar_label(bars, fontsize=7)
     ax.set_xticks(range(len(labels)), labels)
@@ -752,11 +760,11 @@ def main(argv=None):
     comp = Compression(args, run, device, data, dense)
     if state is not None:
         comp.restore(state)
-        name = comp.phases[min(comp.st['phase'], len(comp.phases) - 1)][0]
-        run.log(f'resuming at {name}, epoch {comp.st["epoch"]}')
+        name = comp.phases[min(comp.progress['phase'], len(comp.phases) - 1)].name
+        run.log(f'resuming at {name}, epoch {comp.progress["epoch"]}')
     else:
         units = prune.layer_units(comp.model)
-        run.log(f'compress {args.model}: units {prune.units_string(units, 1)}, {utils.count_params(comp.plain):,} parameters, '
+        run.log(f'compress {args.model}: units {prune.units_string(units, "total")}, {utils.count_params(comp.plain):,} parameters, '
                 f'{len(comp.data["train_x"])} training / {len(comp.data["test_x"])} test images, device {device}')
     comp.execute()
     return make_report(comp)

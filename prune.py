@@ -20,6 +20,7 @@ Needs torch and hessian.Switch only, so that it can be copied into another proje
 """
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -128,14 +129,23 @@ def alive_units(seq):
     return alive
 
 
+class LayerUnits(NamedTuple):
+    label: str      # as switch_layers labels it
+    total: int      # units of the dense layer
+    live: int       # units alive_units counts alive
+
+
 def layer_units(seq):
-    """[(label, units before, live units)] per switch layer."""
+    """[LayerUnits] per switch layer, in order."""
     alive = alive_units(seq)
-    return [(row['label'], row['switch'].s.numel(), int(alive[row['switch']].sum())) for row in switch_layers(seq)]
+    return [LayerUnits(row['label'], row['switch'].s.numel(), int(alive[row['switch']].sum()))
+            for row in switch_layers(seq)]
 
 
 def units_string(units, which):
-    return '-'.join(str(u[which]) for u in units)
+    """'784-300-100': one field of each LayerUnits, by name ('total', 'live') or by position."""
+    index = LayerUnits._fields.index(which) if isinstance(which, str) else which
+    return '-'.join(str(u[index]) for u in units)
 
 
 def switch_parameters(seq):
