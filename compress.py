@@ -1,123 +1,50 @@
 """Structural-sparsity compression of ordinary CNNs with BayesNAS switches and the HARD prior.
 
-Every prunable unit group of a CNN - the output filters of a conv layer, the output neurons of a hidden
-linear layer, and optionally the flattened inputs of a fully connected layer - gets a Switch. The
-switches are trained with the re-weighted group-l1 penalty, their posterior is found by the Laplace
-approximation (curvature as in search.py), and units whose prior variance gamma falls below a
-threshold are removed. A pruned filter takes its BatchNorm channel and the matching input channels of
-the next layer with it, so the result is a physically smaller network, not a network full of zeros.
-
     python compress.py --model lenet300 --compare magnitude
     python compress.py --model lenet5 --compare magnitude --save runs/lenet5
     python compress.py --model lenet5 --pretrained runs/lenet5/dense_model.pt --lambda 3e-3   # sparser
-    python compress.py --model vgg16 --data /path/to/cifar10 --gpu 0 --epochs 160 --learning_rate 0.1 \
+    python compress.py --model vgg16 --data data --gpu 0 --epochs 160 --learning_rate 0.1 \
         --batch_size 128 --iterations 3 --epochs_per_iteration 10 --finetune_epochs 40
+    python compress.py --save runs/lenet5 --resume          # continue an interrupted run
 
-Models (each a plain nn.Sequential chain):
-    lenet300   LeNet-300-100 on MNIST, switches on the 784 input pixels and the 300 and 100 neurons.
-    lenet5     LeNet-5-Caffe (20-50-800-500) on MNIST: switches on the 20 and 50 conv filters, the 800
-               flattened features entering the first fully connected layer, and its 500 neurons.
-    vgg16      the 16-layer VGG with BatchNorm used for CIFAR-10 in the structured-pruning literature
-               (13 conv layers, a 512-512 hidden layer, 10 outputs); switches on every filter and on
-               the hidden neurons.
+Every prunable unit group of a CNN - the filters of a conv layer, the neurons of a hidden linear layer,
+optionally the flattened inputs of the first fully connected layer - gets a switch (prune.py). The run,
+in one process and one run directory (--save):
+  1. dense training for --epochs, or the dense weights of an earlier run (--pretrained);
+  2. --iterations times: --epochs_per_iteration epochs of weights and switches with the penalty
+     lambda * sum_g omega_g |s_g|, then the curvature of the training loss w.r.t. every switch
+     (--hessian), the Laplace update of gamma and omega, and pruning of the units whose gamma falls
+     below --threshold (a layer always keeps its strongest unit);
+  3. the switches are folded into the weights and the network is fine-tuned, switches frozen;
+  4. physical pruning: the masked network becomes a smaller nn.Sequential with the same outputs;
+  5. with --compare magnitude: the dense network pruned by weight norm to the same units per layer
+     and fine-tuned for as many epochs as BayesNAS trained after the dense phase.
+The test set is only measured, never used for a decision. --resume continues from the last completed
+epoch to the same result; only --data, --gpu, --deterministic and --report_freq may change.
 
-The run, all in one process and one run directory (--save):
-    1. dense training for --epochs (or --pretrained PATH: load a dense model instead); switches at 1;
-    2. --iterations times: --epochs_per_iteration epochs of joint training of weights and switches
-       with the penalty lambda * sum_g omega_g |s_g|, then the curvature of the training loss w.r.t.
-       every switch (--hessian, on --hessian_batches training batches), the Laplace update of gamma
-       and omega (hessian.HardPrior.update), and pruning of the units with gamma < --threshold
-       (HardPrior.prune; a layer always keeps at least its strongest unit);
-    3. the switches' values are folded into the weights and the surviving network is fine-tuned for
-       --finetune_epochs (switches frozen);
-    4. physical pruning: the masked network is exported as a smaller nn.Module whose outputs equal
-       the masked network's;
-    5. with --compare magnitude: the dense model, pruned by the group norm of the weights to the same
-       number of units per layer, fine-tuned for the same number of epochs that BayesNAS trained after
-       the dense phase (iterations * epochs_per_iteration + finetune_epochs).
-The test set is only measured, never used for a decision.
+Why so (README, "Compression (compress.py)", has the measurements):
+  * The prior starts at gamma = omega = 1: the dense network fits its training images almost
+    perfectly, so its curvature, and the penalty a first pass would give, are too small to prune.
+  * The penalty is a proximal step (HardPrior.proximal_step) with Adam's per-switch step size
+    (hessian.ProxAdam): a switch can reach exactly 0, where gamma = 0 prunes it, and where it stops
+    depends on lambda and omega, not on a learning rate that would have to suit input pixels and
+    last-layer neurons alike. With omega = 1, a switch survives roughly where its curvature exceeds
+    lambda.
+  * Fine-tuning trains the exported network itself (prune.fold_switches), at the weights' own rate.
+  * The curvature is the Monte-Carlo Fisher, as in search.py, so that lambda means the same in both.
+  * SGD for the weights, cosine decay except while the switches train; no weight decay on the
+    switches: the prior is their regulariser.
 
-How the loop is configured, and why (hessian.py holds the update; the numbers are from LeNet-300-100
-on the MNIST subset):
-  * The prior starts at gamma = 1, omega = 1: the first penalised epochs penalise every switch alike.
-    A first curvature pass is no better start: the dense network fits the 3678 training images
-    almost perfectly, so p(1-p), and with it the curvature h of the mean loss, is tiny (median ~1e-6
-    for an input pixel, 2e-5 and 3e-4 for the two hidden layers' neurons); omega^2 = h / (lambda + h)
-    then has a median of ~0.002, and the penalty is too weak to prune anything (tried).
-  * The curvature is measured on training batches (no augmentation, eval mode) of the network as it
-    is at the end of each penalised phase. The penalty has by then pulled the training loss off zero,
-    and h is 10 to 250 times the dense network's.
-  * The penalty is applied as a proximal step (HardPrior.proximal_step, group soft-thresholding),
-    not as a loss term: it minimises the same objective but lets a switch reach exactly 0, where
-    gamma = |s| / omega = 0 prunes it whatever the threshold. Nearly every pruned unit goes this way;
-    --threshold 0.01 also catches the few switches left within ~1e-3 of 0.
-  * The switches train with Adam (--switch_lr 0.01) and the proximal step uses Adam's per-switch step
-    size (see hessian.ProxAdam): where a switch stops depends on lambda and omega only, and a switch can
-    travel from 1 to 0 within one iteration whether the loss depends on it weakly (an input pixel,
-    curvature down to 1e-6) or strongly (a neuron of the last hidden layer, ~1e-2). With one SGD rate for
-    all switches the result depended on the rate and the epoch budget rather than on lambda, and
-    rates that moved the input pixels made the hidden neurons' switches diverge.
-  * lambda (--lambda 1e-3) is the temperature of the Laplace update and the weight of the penalty:
-    with omega = 1, a switch survives where the loss pulls it harder than lambda, i.e. roughly where
-    its curvature exceeds lambda. 1e-3 removes about half the units of LeNet-300-100 and three
-    quarters of those of LeNet-5 at the dense network's test error; 2e-3 and 3e-3 remove more at 0.5
-    to 0.7 points more error (measured numbers below).
-  * Weights: SGD, --learning_rate 0.05, --momentum 0.9, --weight_decay 5e-4; cosine decay in the
-    dense, fine-tuning and baseline phases, constant while the switches train. Switches get no weight
-    decay: the prior is their regulariser.
-  * Fine-tuning starts by folding every switch into the weights it scales (fold_switches), so that
-    it trains the exported network itself: a unit whose switch had shrunk to 0.05 would otherwise
-    learn 400 times slower than its neighbours.
-  * The curvature is the Monte-Carlo Fisher (--hessian fisher), as in search.py. Here the choice
-    matters little, because nearly every unit is pruned by the proximal step (above), not by the
-    curvature: at the default lambda, fisher, ggn and the paper's recursion (--hessian recursive,
-    the default of earlier versions) gave the same compression and error within run-to-run noise
-    (the README's Compression table). One default for both scripts keeps lambda meaning the same
-    in both; on the supernet the recursion is far off the GGN's scale (search.py).
-Measured on the MNIST subset (test error on the full 10,000-image test set; CPU, PyTorch 2.14):
-    model     lambda  units (BayesNAS = magnitude)     params   MACs   error %: dense / BayesNAS / magnitude
-    lenet300  1e-3    784-300-100 -> 305-154-66          4.6x   4.6x   6.09 / 6.37 / 6.21    (default run)
-    lenet5    1e-3    20-50-800-500 -> 19-18-168-107    15.3x   2.7x   2.55 / 2.55 / 3.21    (default run)
-  with --hessian recursive:
-    lenet300  1e-3    784-300-100 -> 336-172-58          3.9x   3.9x   6.09 / 6.11 / 6.22
-    lenet300  2e-3    784-300-100 -> 267-133-51          6.2x   6.2x   6.10 / 6.64 / 6.42    (*)
-    lenet300  3e-3    784-300-100 -> 224-113-46          8.6x   8.6x   6.10 / 6.76 / 6.69    (*)
-    lenet300  1e-2    784-300-100 -> 86-30-28           70.8x  71.9x   6.10 / 10.58 / 10.96  (*)
-    lenet5    1e-3    20-50-800-500 -> 19-18-181-85     17.0x   2.7x   2.55 / 2.86 / 3.16
-    lenet5    2e-3    20-50-800-500 -> 18-18-140-58     24.8x   2.9x   2.55 / 3.08 / 3.24    (*)
-    lenet5    3e-3    20-50-800-500 -> 17-17-94-45      34.7x   3.2x   2.55 / 3.14 / 3.66    (*)
-    (*) --pretrained with a dense model of an earlier run, one CPU thread. The default runs take
-    12 s (lenet300) and 1 min 12 s (lenet5) on one CPU thread. Given BayesNAS's units per layer, pruning by
-    weight norm and fine-tuning as long ends between 0.2 point better and 0.1 point worse on
-    LeNet-300-100, and 0.2 to 0.7 points worse on LeNet-5 (run-to-run noise is about 0.4 point). vgg16 on the CIFAR-10
-    subset (5170 images; --epochs 30 --finetune_epochs 10, one GPU, about a minute, --hessian recursive): lambda 1e-3 gives 7.4x fewer parameters and 2.0x
-    fewer MACs (BayesNAS and magnitude both 28.0% error), 3e-3 51x and 4.4x (32.3% and 37.8%); the
-    dense network there, trained for fewer epochs than the pruned ones, is no fair reference.
-Other defaults: --epochs 10 dense epochs, --iterations 3 of --epochs_per_iteration 2,
---finetune_epochs 6, --batch_size 64, --hessian fisher on --hessian_batches 20. --data defaults to
-../shared/data/mnist-subset (MNIST models) or ../shared/data/cifar10-subset (vgg16), relative to the
-working directory; MNIST is read through torchvision (root holding MNIST/raw), CIFAR-10 from its
-python pickles. Resume an interrupted run with the same --save and --resume: it continues from the
-last completed epoch and reaches the same result. It takes every flag the run was started with
-unless given again; --data, --gpu and --report_freq may change, any other flag given with another
-value is refused.
+--data holds MNIST/raw (lenet300, lenet5) or cifar-10-batches-py (vgg16). Run directory: log.txt,
+args.json, metrics.jsonl (per epoch and pruning step), checkpoint.pt (after every epoch and phase),
+dense_model.pt (for --pretrained), pruned_model.pt and magnitude_model.pt (compress.load_pruned(path)
+gives an ordinary nn.Sequential), report.json (units, parameters, multiply-adds, errors, file sizes,
+wall time), units.png and curves.png.
 
-Run directory: log.txt, args.json, metrics.jsonl (one line per epoch and per pruning step),
-checkpoint.pt (after every epoch and phase), dense_model.pt (the dense weights; pass it to
---pretrained), pruned_model.pt and magnitude_model.pt (the physically pruned networks), report.json
-(units per layer, parameters, multiply-adds, compression ratios, test errors, file sizes, wall time),
-units.png (units kept per layer), curves.png (training curves). Load a pruned network with
-
-    import compress
-    net = compress.load_pruned('runs/lenet300/pruned_model.pt')     # an ordinary nn.Sequential
-
-Adding another CNN: write a function that returns the network as one flat nn.Sequential - convs
-(optionally followed by BatchNorm2d), nn.ReLU modules, pooling, nn.Flatten, linear layers - and add it
-to MODELS with its data set. A torchvision-style network with `features` and `classifier`
-Sequentials (and an optional `avgpool`) becomes such a chain with prune.chain(net), e.g.
+Adding a CNN: a function returning it as one flat nn.Sequential (prune.py says of which layers), in
+MODELS with its data set; prune.chain(net) flattens a torchvision-style network, e.g.
     MODELS['vgg11_tv'] = dict(build=lambda: prune.chain(torchvision.models.vgg11_bn(num_classes=10)),
                               data='cifar10', flat_switch=False)
-prune.add_switches() then places the switches and prune.physical_prune() removes the pruned units.
 """
 import argparse
 import itertools
@@ -137,10 +64,76 @@ from hessian import METHODS, HardPrior, ProxAdam, Switch, switch_curvature
 
 
 # ----------------------------------------------------------------------------------------------------
-# Models: plain chains
+# Configuration
+# ----------------------------------------------------------------------------------------------------
+
+# Flags that say where and how a run executes, not what it computes: a resumed run may change them.
+RUN_FLAGS = ('data', 'gpu', 'deterministic', 'report_freq', 'save', 'resume')
+
+
+def build_parser():
+    p = utils.Parser('compress.py', description='Structural-sparsity compression of LeNet/VGG with BayesNAS '
+                                                'switches and the HARD prior (see the module docstring).')
+    p.add_argument('--model', default='lenet300', choices=sorted(MODELS), help='network to compress')
+    p.add_argument('--data', default='data', help='folder holding MNIST/raw (lenet300, lenet5) or '
+                                                  'cifar-10-batches-py (vgg16) (default: data)')
+    p.add_argument('--epochs', type=int, default=10, help='dense training epochs (0 needs --pretrained)')
+    p.add_argument('--pretrained', default=None, help="dense_model.pt of an earlier run: skip dense training")
+    p.add_argument('--iterations', type=int, default=3, help='penalised training -> curvature -> update -> prune')
+    p.add_argument('--epochs_per_iteration', type=int, default=2, help='penalised epochs per iteration')
+    p.add_argument('--lambda', dest='lam', type=float, default=1e-3,
+                   help='temperature lambda (> 0) of the HARD prior and weight of the penalty: larger is sparser')
+    p.add_argument('--threshold', type=float, default=0.01, help='prune units whose gamma falls below this')
+    p.add_argument('--switch_lr', type=float, default=0.01, help='Adam learning rate of the switches')
+    p.add_argument('--hessian', default='fisher', choices=METHODS,
+                   help='curvature estimator (default: fisher, as search.py; README compares the three)')
+    p.add_argument('--hessian_batches', type=int, default=20, help='training batches for the curvature')
+    p.add_argument('--finetune_epochs', type=int, default=6, help='fine-tuning epochs after pruning')
+    p.add_argument('--batch_size', type=int, default=64)
+    p.add_argument('--learning_rate', type=float, default=0.05, help='SGD learning rate of the weights')
+    p.add_argument('--momentum', type=float, default=0.9, help='SGD momentum of the weights')
+    p.add_argument('--weight_decay', type=float, default=5e-4, help='weight decay of the weights (switches get none)')
+    p.add_argument('--compare', default='none', choices=('none', 'magnitude'),
+                   help='magnitude: also prune the dense model by weight norm to the same units per layer')
+    p.add_argument('--save', default=None, help='run directory (default runs/compress-MODEL-TIME)')
+    p.add_argument('--resume', action='store_true', help='continue the run in --save')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: cuda:0 if present, '
+                   'else the CPU)')
+    p.add_argument('--deterministic', action='store_true', help='deterministic algorithms and no cuDNN '
+                   'autotuning, so that a GPU run repeats exactly (slower; a CPU run always does)')
+    p.add_argument('--report_freq', type=int, default=100, help='log every N steps (0: once per epoch)')
+    return p
+
+
+def check_args(a):
+    """UserError for the first value out of range."""
+    rules = [
+        (a.lam > 0, f'--lambda must be > 0, got {a.lam}'),
+        (a.threshold >= 0, f'--threshold must be >= 0, got {a.threshold}'),
+        (a.learning_rate > 0, f'--learning_rate must be > 0, got {a.learning_rate}'),
+        (a.switch_lr > 0, f'--switch_lr must be > 0, got {a.switch_lr}'),
+        (0 <= a.momentum < 1, f'--momentum must be in [0, 1), got {a.momentum}'),
+        (a.weight_decay >= 0, f'--weight_decay must be >= 0, got {a.weight_decay}'),
+        (a.batch_size >= 1, f'--batch_size must be >= 1, got {a.batch_size}'),
+        (a.hessian_batches >= 1, f'--hessian_batches must be >= 1, got {a.hessian_batches}'),
+        (a.report_freq >= 0, f'--report_freq must be >= 0, got {a.report_freq}'),
+    ]
+    rules += [(getattr(a, k) >= 0, f'--{k} must be >= 0, got {getattr(a, k)}')
+              for k in ('epochs', 'iterations', 'epochs_per_iteration', 'finetune_epochs')]
+    rules.append((a.epochs != 0 or a.pretrained,
+                  '--epochs 0 would compress an untrained network; train it (--epochs 1 or more) or give '
+                  'its dense weights with --pretrained DENSE_MODEL.pt'))
+    for ok, message in rules:
+        if not ok:
+            raise utils.UserError(message)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models and data
 # ----------------------------------------------------------------------------------------------------
 # Nonlinearities are modules (nn.ReLU), so that the recursive curvature sees them, and every model is
-# one flat nn.Sequential, so that one function places switches and one function prunes for all.
+# one flat nn.Sequential, so that prune.py places the switches and prunes for all of them.
 
 def lenet300(num_classes=10):
     """LeNet-300-100: 784-300-100-10 fully connected."""
@@ -180,10 +173,9 @@ MODELS = {
 }
 
 DATASETS = {
-    'mnist': dict(default='../shared/data/mnist-subset', shape=(1, 28, 28), mean=utils.MNIST_MEAN,
-                  std=utils.MNIST_STD, augment=None),
-    'cifar10': dict(default='../shared/data/cifar10-subset', shape=(3, 32, 32), mean=utils.CIFAR_MEAN,
-                    std=utils.CIFAR_STD, augment=dict(crop_pad=4, flip=True)),
+    'mnist': dict(shape=(1, 28, 28), mean=utils.MNIST_MEAN, std=utils.MNIST_STD, augment=None),
+    'cifar10': dict(shape=(3, 32, 32), mean=utils.CIFAR_MEAN, std=utils.CIFAR_STD,
+                    augment=dict(crop_pad=4, flip=True)),
 }
 
 
@@ -194,27 +186,10 @@ def build(name):
     return plain, prune.add_switches(plain, spec['flat_switch'])
 
 
-def save_pruned(name, seq, pruned, path):
-    """Write a physically pruned network with what load_pruned needs to rebuild its architecture."""
-    utils.save_checkpoint(dict(model=name, masks=prune.pruned_masks(seq),
-                               state_dict={k: v.cpu() for k, v in pruned.state_dict().items()}), path)
-
-
-def load_pruned(path):
-    """The physically pruned network saved by a compression run (an ordinary nn.Sequential)."""
-    state = utils.load_checkpoint(path)
-    if state.get('model') not in MODELS or 'masks' not in state or 'state_dict' not in state:
-        raise utils.UserError(f'{path} is not a pruned model written by compress.py')
-    seq = build(state['model'])[1]
-    if len(prune.switch_layers(seq)) != len(state['masks']):
-        raise utils.UserError(f'{path} does not match model {state["model"]}: its switch layers differ')
-    try:
-        prune.apply_masks(seq, state['masks'])
-        net = prune.physical_prune(seq)
-        net.load_state_dict(state['state_dict'])
-    except (RuntimeError, AttributeError, TypeError) as e:
-        raise utils.UserError(f'{path} does not match model {state["model"]}: {" ".join(str(e).split())}') from e
-    return net.eval()
+def load_data(root, dataset, device):
+    if dataset == 'mnist':
+        return utils.load_mnist(root, device=device)
+    return utils.load_cifar10(root, device=device)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -412,7 +387,7 @@ class Compression:
         loss, err = train_epoch(net, self.batches, optimizer, lr_of, switch_opt, self.log, self.args.report_freq, name)
         self.progress['epoch'] += 1
         self.progress['optimizer'] = dict(weights=optimizer.state_dict(),
-                                    switches=switch_opt.state_dict() if switch_opt is not None else None)
+                                          switches=switch_opt.state_dict() if switch_opt is not None else None)
         penalty = f' penalty {self.prior.penalty().item():.4f}' if kind == 'penalised' else ''
         self.log(f'{name} epoch {e + 1}/{epochs} train loss {loss:.4f} error {err:.2f}%{penalty}')
         prefix = 'baseline_' if kind == 'magnitude' else ''
@@ -448,8 +423,8 @@ class Compression:
         err = self.error(self.model)
         self.progress['results'].setdefault('iterations', []).append(
             dict(iteration=name, pruned=len(newly), units=[u.live for u in units], masked_error=err))
-        self.log(f'{name}: pruned {len(newly)} units, {prune.units_string(units, "total")} -> {prune.units_string(units, "live")}, '
-                 f'masked test error {err:.2f}%')
+        self.log(f'{name}: pruned {len(newly)} units, {prune.units_string(units, "total")} -> '
+                 f'{prune.units_string(units, "live")}, masked test error {err:.2f}%')
         epoch = sum(p.epochs for p in self.phases[:self.progress['phase'] + 1])
         self.run.metric(phase=name, epoch=epoch, pruned=len(newly), units=[u.live for u in units], masked_error=err)
 
@@ -457,12 +432,16 @@ class Compression:
         """The switches' values go into the weights: fine-tuning trains the pruned network itself."""
         prune.fold_switches(self.model)
 
+    def export(self, net, filename):
+        """(test error of the masked network, of the physically pruned one), which goes to filename."""
+        masked = self.error(net)
+        pruned = prune.physical_prune(net)
+        save_pruned(self.args.model, net, pruned, self.run.file(filename))
+        return masked, self.error(pruned)
+
     def end_finetune(self, name):
         res = self.progress['results']
-        res['error_masked'] = self.error(self.model)
-        pruned = prune.physical_prune(self.model)
-        res['error_pruned'] = self.error(pruned)
-        save_pruned(self.args.model, self.model, pruned, self.run.file('pruned_model.pt'))
+        res['error_masked'], res['error_pruned'] = self.export(self.model, 'pruned_model.pt')
         self.log(f'BayesNAS fine-tuned: test error masked {res["error_masked"]:.2f}%, '
                  f'physically pruned {res["error_pruned"]:.2f}%')
 
@@ -476,20 +455,20 @@ class Compression:
                     m.s.fill_(1)
                     m.mask.fill_(1)
         prune.magnitude_prune(self.baseline, [u.live for u in prune.layer_units(self.model)])
-        res = self.progress['results']
-        res['error_magnitude_before_finetune'] = self.error(self.baseline)
-        self.log(f'magnitude baseline: {prune.units_string(prune.layer_units(self.baseline), "live")} units, test error '
-                 f'before fine-tuning {res["error_magnitude_before_finetune"]:.2f}%')
+        err = self.progress['results']['error_magnitude_before_finetune'] = self.error(self.baseline)
+        units = prune.units_string(prune.layer_units(self.baseline), 'live')
+        self.log(f'magnitude baseline: {units} units, test error before fine-tuning {err:.2f}%')
 
     def end_magnitude(self, name):
         res = self.progress['results']
-        res['error_magnitude'] = self.error(self.baseline)
-        pruned = prune.physical_prune(self.baseline)
-        res['error_magnitude_pruned'] = self.error(pruned)
-        save_pruned(self.args.model, self.baseline, pruned, self.run.file('magnitude_model.pt'))
+        res['error_magnitude'], res['error_magnitude_pruned'] = self.export(self.baseline, 'magnitude_model.pt')
         self.log(f'magnitude baseline fine-tuned: test error masked {res["error_magnitude"]:.2f}%, '
                  f'physically pruned {res["error_magnitude_pruned"]:.2f}%')
 
+
+# ----------------------------------------------------------------------------------------------------
+# Saved networks
+# ----------------------------------------------------------------------------------------------------
 
 def read_dense(path, name):
     """The dense weights of model `name` in an earlier run's dense_model.pt (--pretrained), checked
@@ -512,11 +491,27 @@ def _contents(state):
     return f'a checkpoint of {kind}.py' if kind else 'something else'
 
 
-def load_data(root, dataset, device):
-    root = root or DATASETS[dataset]['default']
-    if dataset == 'mnist':
-        return utils.load_mnist(root, device=device)
-    return utils.load_cifar10(root, device=device)
+def save_pruned(name, seq, pruned, path):
+    """Write a physically pruned network with what load_pruned needs to rebuild its architecture."""
+    utils.save_checkpoint(dict(model=name, masks=prune.pruned_masks(seq),
+                               state_dict={k: v.cpu() for k, v in pruned.state_dict().items()}), path)
+
+
+def load_pruned(path):
+    """The physically pruned network saved by a compression run (an ordinary nn.Sequential)."""
+    state = utils.load_checkpoint(path)
+    if state.get('model') not in MODELS or 'masks' not in state or 'state_dict' not in state:
+        raise utils.UserError(f'{path} is not a pruned model written by compress.py')
+    seq = build(state['model'])[1]
+    if len(prune.switch_layers(seq)) != len(state['masks']):
+        raise utils.UserError(f'{path} does not match model {state["model"]}: its switch layers differ')
+    try:
+        prune.apply_masks(seq, state['masks'])
+        net = prune.physical_prune(seq)
+        net.load_state_dict(state['state_dict'])
+    except (RuntimeError, AttributeError, TypeError) as e:
+        raise utils.UserError(f'{path} does not match model {state["model"]}: {" ".join(str(e).split())}') from e
+    return net.eval()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -628,12 +623,7 @@ def plot_curves(metrics_path, path, phases):
     matplotlib.use('Agg')  # files only
     import matplotlib.pyplot as plt
 
-    records = []
-    for line in Path(metrics_path).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:    # a run killed while writing leaves a torn last line
-            continue
+    records = utils._read_metrics(metrics_path)      # skips the torn last line of a killed run
 
     def series(key):
         # By epoch, the last record winning: an epoch redone after an interruption is drawn once.
@@ -666,65 +656,8 @@ def plot_curves(metrics_path, path, phases):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Command line
+# Main
 # ----------------------------------------------------------------------------------------------------
-
-def build_parser():
-    p = utils.Parser('compress.py', description='Structural-sparsity compression of LeNet/VGG with BayesNAS '
-                                                'switches and the HARD prior (see the module docstring).')
-    p.add_argument('--model', default='lenet300', choices=sorted(MODELS), help='network to compress')
-    p.add_argument('--data', default=None, help='data root (default ../shared/data/mnist-subset for the MNIST '
-                                                'models, ../shared/data/cifar10-subset for vgg16)')
-    p.add_argument('--epochs', type=int, default=10, help='dense training epochs (0 needs --pretrained)')
-    p.add_argument('--pretrained', default=None, help="dense_model.pt of an earlier run: skip dense training")
-    p.add_argument('--iterations', type=int, default=3, help='penalised training -> curvature -> update -> prune')
-    p.add_argument('--epochs_per_iteration', type=int, default=2, help='penalised epochs per iteration')
-    p.add_argument('--lambda', dest='lam', type=float, default=1e-3,
-                   help='temperature lambda (> 0) of the HARD prior and weight of the penalty: larger is sparser')
-    p.add_argument('--threshold', type=float, default=0.01, help='prune units whose gamma falls below this')
-    p.add_argument('--switch_lr', type=float, default=0.01, help='Adam learning rate of the switches')
-    p.add_argument('--hessian', default='fisher', choices=METHODS,
-                   help="curvature estimator (default: fisher, as search.py; on the LeNets the three give "
-                        "the same compression within run-to-run noise, see the module docstring)")
-    p.add_argument('--hessian_batches', type=int, default=20, help='training batches for the curvature')
-    p.add_argument('--finetune_epochs', type=int, default=6, help='fine-tuning epochs after pruning')
-    p.add_argument('--batch_size', type=int, default=64)
-    p.add_argument('--learning_rate', type=float, default=0.05, help='SGD learning rate of the weights')
-    p.add_argument('--momentum', type=float, default=0.9, help='SGD momentum of the weights')
-    p.add_argument('--weight_decay', type=float, default=5e-4, help='weight decay of the weights (switches get none)')
-    p.add_argument('--compare', default='none', choices=('none', 'magnitude'),
-                   help='magnitude: also prune the dense model by weight norm to the same units per layer')
-    p.add_argument('--save', default=None, help='run directory (default runs/compress-MODEL-TIME)')
-    p.add_argument('--resume', action='store_true', help='continue the run in --save')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: CPU)')
-    p.add_argument('--report_freq', type=int, default=100, help='log every N steps (0: once per epoch)')
-    return p
-
-
-def check_args(args):
-    checks = [('--lambda', args.lam, args.lam > 0, '> 0'),
-              ('--threshold', args.threshold, args.threshold >= 0, '>= 0'),
-              ('--learning_rate', args.learning_rate, args.learning_rate > 0, '> 0'),
-              ('--switch_lr', args.switch_lr, args.switch_lr > 0, '> 0'),
-              ('--momentum', args.momentum, 0 <= args.momentum < 1, 'in [0, 1)'),
-              ('--weight_decay', args.weight_decay, args.weight_decay >= 0, '>= 0'),
-              ('--batch_size', args.batch_size, args.batch_size >= 1, '>= 1'),
-              ('--hessian_batches', args.hessian_batches, args.hessian_batches >= 1, '>= 1'),
-              ('--report_freq', args.report_freq, args.report_freq >= 0, '>= 0')]
-    checks += [(f'--{k}', getattr(args, k), getattr(args, k) >= 0, '>= 0')
-               for k in ('epochs', 'iterations', 'epochs_per_iteration', 'finetune_epochs')]
-    for flag, value, ok, need in checks:
-        if not ok:
-            raise utils.UserError(f'{flag} must be {need}, got {value}')
-    if args.epochs == 0 and not args.pretrained:
-        raise utils.UserError('--epochs 0 would compress an untrained network; train it (--epochs 1 or '
-                              'more) or give its dense weights with --pretrained DENSE_MODEL.pt')
-
-
-# Flags that say where and how a run executes, not what it computes: a resumed run may change them.
-RUN_FLAGS = ('data', 'gpu', 'report_freq', 'save', 'resume')
-
 
 def configure(argv):
     """(args, checkpoint state or None): a new run's flags, or a resumed run's own with the flags the
@@ -740,18 +673,21 @@ def configure(argv):
     path = Path(args.save) / 'checkpoint.pt'
     state = utils.load_checkpoint(path)        # a missing one is an error: there is nothing to resume
     saved = state.get('args')
+    # Not utils.require_kind: this message also says what the file holds instead.
     if utils.checkpoint_kind(state) != 'compress' or not isinstance(saved, dict):
         raise utils.UserError(f'{path} is not a checkpoint of a compress.py run (it holds {_contents(state)})')
     if saved.get('model') not in MODELS:
         raise utils.UserError(f'{path} holds a model this compress.py does not know: {saved.get("model")!r}')
     args = argparse.Namespace(**utils.resumed_args(parser, saved, given, RUN_FLAGS))
+    if args.data is None:       # a run started when --data had no default of its own
+        args.data = parser.get_default('data')
     check_args(args)
     return args, state
 
 
 def main(argv=None):
     args, state = configure(argv)
-    device = torch.device('cpu') if args.gpu is None else utils.get_device(args.gpu)
+    device = utils.get_device(args.gpu, args.deterministic)
     # Inputs first: bad data or a wrong --pretrained leaves no run directory behind.
     data = load_data(args.data, MODELS[args.model]['data'], device)
     dense = read_dense(args.pretrained, args.model) if args.pretrained and state is None else None
@@ -763,9 +699,9 @@ def main(argv=None):
         name = comp.phases[min(comp.progress['phase'], len(comp.phases) - 1)].name
         run.log(f'resuming at {name}, epoch {comp.progress["epoch"]}')
     else:
-        units = prune.layer_units(comp.model)
-        run.log(f'compress {args.model}: units {prune.units_string(units, "total")}, {utils.count_params(comp.plain):,} parameters, '
-                f'{len(comp.data["train_x"])} training / {len(comp.data["test_x"])} test images, device {device}')
+        units = prune.units_string(prune.layer_units(comp.model), 'total')
+        run.log(f'compress {args.model}: units {units}, {utils.count_params(comp.plain):,} parameters, '
+                f'{len(data["train_x"])} training / {len(data["test_x"])} test images, device {device}')
     comp.execute()
     return make_report(comp)
 

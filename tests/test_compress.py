@@ -292,10 +292,12 @@ def test_pretrained_files_that_do_not_fit_are_one_short_line_and_leave_no_run(tm
     net = nn.Sequential(nn.Linear(784, 300), nn.Linear(300, 10))
     utils.save_checkpoint({'kind': 'train', 'config': {'dataset': 'cifar10'}, 'model': net.state_dict()},
                           tmp_path / 'model.pt')
-    line = one_line(run_cli('--model', 'lenet300', '--pretrained', tmp_path / 'model.pt', '--save', tmp_path / 'a'))
+    line = one_line(run_cli('--model', 'lenet300', '--data', MNIST_SUBSET, '--pretrained', tmp_path / 'model.pt',
+                            '--save', tmp_path / 'a'))
     assert 'is not a dense lenet300 model' in line and 'a checkpoint of train.py' in line and len(line) < 300
     utils.save_checkpoint({'model': 'lenet300', 'state_dict': compress.lenet5().state_dict()}, tmp_path / 'd.pt')
-    line = one_line(run_cli('--model', 'lenet300', '--pretrained', tmp_path / 'd.pt', '--save', tmp_path / 'b'))
+    line = one_line(run_cli('--model', 'lenet300', '--data', MNIST_SUBSET, '--pretrained', tmp_path / 'd.pt',
+                            '--save', tmp_path / 'b'))
     assert 'does not fit lenet300' in line and 'missing' in line and len(line) < 300
     assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
 
