@@ -255,7 +255,8 @@ class Phase(NamedTuple):
 def schedule(args):
     """The run's phases in order."""
     phases = [Phase('dense', 'dense', 0 if args.pretrained else args.epochs)]
-    phases += [Phase(f'iteration {k}', 'penalised', args.epochs_per_iteration) for k in range(1, args.iterations + 1)]
+    phases += [Phase(f'iteration {k}', 'penalised', args.epochs_per_iteration)
+               for k in range(1, args.iterations + 1)]
     phases.append(Phase('finetune', 'finetune', args.finetune_epochs))
     if args.compare == 'magnitude':
         # The same number of epochs BayesNAS trains after the dense phase.
@@ -527,8 +528,8 @@ def make_report(comp):
     shape = comp.data_spec['shape']
     # comp.plain shares its layers with the switched model: its shapes are the dense network's.
     nets = {'dense': comp.plain, 'bayesnas': prune.physical_prune(comp.model)}
-    layers = prune.layer_units(comp.model)
-    units = {'dense': [u.total for u in layers], 'bayesnas': [u.live for u in layers]}
+    model_units = prune.layer_units(comp.model)
+    units = {'dense': [u.total for u in model_units], 'bayesnas': [u.live for u in model_units]}
     files = {'dense': 'dense_model.pt', 'bayesnas': 'pruned_model.pt'}
     if comp.baseline is not None:
         nets['magnitude'] = prune.physical_prune(comp.baseline)
@@ -539,7 +540,7 @@ def make_report(comp):
     last = res.get('iterations', [{}])[-1].get('masked_error')
     report = dict(
         model=args.model, dataset=MODELS[args.model]['data'],
-        layers=[dict(layer=label, **{k: v[i] for k, v in units.items()}) for i, label in enumerate(u.label for u in layers)],
+        layers=[dict(layer=u.label, **{k: v[i] for k, v in units.items()}) for i, u in enumerate(model_units)],
         units={k: '-'.join(map(str, v)) for k, v in units.items()},
         params=params, macs=macs,
         compression={k: params['dense'] / params[k] for k in nets if k != 'dense'},
