@@ -7,7 +7,7 @@ Self-contained (imports only torch): copy it into any PyTorch CNN.
         filters of a conv, (C,) for the neurons of a linear layer. Pruned entries have s = mask = 0;
         `switch.pruned` is True when all entries are, so the caller can skip what it scales.
 
-    switch_curvature(model, batches, method='recursive') -> {switch name: tensor shaped like s}
+    switch_curvature(model, batches, method='fisher') -> {switch name: tensor shaped like s}
         Diagonal curvature of the mean per-sample cross-entropy w.r.t. every Switch entry, over all
         samples of `batches` (an iterable of (inputs, targets); targets are not used: all three
         estimators take expectations under the model's own predictive distribution). The model is put
@@ -121,7 +121,7 @@ def _switches(model):
 METHODS = ('ggn', 'fisher', 'recursive')
 
 
-def switch_curvature(model, batches, method='recursive'):
+def switch_curvature(model, batches, method='fisher'):
     """Diagonal curvature of the mean cross-entropy w.r.t. every Switch entry (see module docstring)."""
     if method not in METHODS:
         raise ValueError(f"unknown curvature method {method!r}; choose one of {', '.join(METHODS)}")
@@ -437,13 +437,17 @@ _ESTIMATORS = {'ggn': _ggn, 'fisher': _fisher, 'recursive': _recursive}
 # The Laplace / re-weighting update
 # ----------------------------------------------------------------------------------------------------
 
+def group_sum(values, gid, n_groups):
+    """Sums over the last dimension by group: out[..., g] = sum of values[..., i] with gid[i] == g."""
+    return values.new_zeros(values.shape[:-1] + (n_groups,)).index_add(values.dim() - 1, gid, values)
+
+
 def _update(w, h, gamma_m, lam_m, gid, n_groups):
     """Vectorised update of all groups: members w, h (flat), their group's gamma and lam, group ids."""
     h = h.clamp_min(0)
     cov = gamma_m * lam_m / (lam_m + gamma_m * h)
-    omega2 = torch.zeros(n_groups, dtype=w.dtype, device=w.device).index_add_(0, gid, h / (lam_m + gamma_m * h))
-    omega = omega2.sqrt().clamp_min(OMEGA_FLOOR)
-    norm = torch.zeros(n_groups, dtype=w.dtype, device=w.device).index_add_(0, gid, w * w).sqrt()
+    omega = group_sum(h / (lam_m + gamma_m * h), gid, n_groups).sqrt().clamp_min(OMEGA_FLOOR)
+    norm = group_sum(w * w, gid, n_groups).sqrt()
     return norm / omega, omega, cov
 
 
@@ -465,17 +469,13 @@ def _evidence(w, h, lam_m, gid, n_groups, grid=48, steps=40):
     inv_v = h / lam_m                                   # 1 / v_c, 0 where the loss ignores the member
     w2 = w * w
 
-    def per_group(values):
-        return torch.zeros(values.shape[:-1] + (n_groups,), dtype=w.dtype, device=w.device).index_add_(
-            values.dim() - 1, gid, values)
-
     def log_evidence(gamma):                            # gamma: (..., n_groups); up to a constant
         a = inv_v / (1 + gamma[..., gid] * inv_v)       # 1 / (gamma + v), finite for v = inf
-        return per_group(torch.log(a.clamp_min(1e-300)) * (inv_v > 0) - w2 * a)
+        return group_sum(torch.log(a.clamp_min(1e-300)) * (inv_v > 0) - w2 * a, gid, n_groups)
 
     def slope(gamma):
         a = inv_v / (1 + gamma[..., gid] * inv_v)
-        return per_group(w2 * a * a - a)
+        return group_sum(w2 * a * a - a, gid, n_groups)
 
     top = torch.zeros(n_groups, dtype=w.dtype, device=w.device).scatter_reduce_(0, gid, w2, 'amax')
     frac = torch.logspace(-9, 0, grid, dtype=w.dtype, device=w.device)
@@ -587,7 +587,7 @@ class HardPrior:
 
     def norms(self, w=None):
         w = self._flat_w() if w is None else w
-        return torch.zeros(len(self.keys), dtype=w.dtype, device=w.device).index_add(0, self.gid, w * w).sqrt()
+        return group_sum(w * w, self.gid, len(self.keys)).sqrt()
 
     # -- training ------------------------------------------------------------------------------------
 
@@ -596,9 +596,8 @@ class HardPrior:
         # Raw s, not s * mask: pruned groups weigh 0 below, and one concatenation of the parameters
         # is far fewer kernels than a product per switch (a supernet has hundreds).
         w = torch.cat([sw.s.flatten() for _, sw in self.switches]) if self.switches else self.gamma[:0]
-        sq = torch.zeros(len(self.keys), dtype=w.dtype, device=w.device).index_add(0, self.gid, w * w)
         # sqrt has an infinite derivative at 0: the tiny offset keeps the gradient finite there.
-        norm = (sq + 1e-24).sqrt()
+        norm = (group_sum(w * w, self.gid, len(self.keys)) + 1e-24).sqrt()
         weight = torch.where(self.pruned, 0.0, self.lam * self.omega).to(w.dtype)
         return (weight * norm).sum()
 
@@ -613,7 +612,7 @@ class HardPrior:
         if not self.switches:
             return
         w = torch.cat([sw.s.flatten() for _, sw in self.switches])
-        norm = torch.zeros(len(self.keys), dtype=w.dtype, device=w.device).index_add_(0, self.gid, w * w).sqrt()
+        norm = group_sum(w * w, self.gid, len(self.keys)).sqrt()
         step = (lr * self.lam * self.omega).to(w)
         shrink = (1 - step / norm.clamp_min(1e-30)).clamp_min(0)[self.gid]
         params = [sw.s for _, sw in self.switches]
@@ -736,9 +735,9 @@ class HardPrior:
         name, flat index)]."""
         with torch.no_grad():
             norm = self.norms()
-        n = torch.zeros(len(self.keys), dtype=self.h.dtype, device=self.h.device).index_add(0, self.gid, torch.ones_like(self.h))
-        h_mean = torch.zeros_like(n).index_add(0, self.gid, self.h.to(n)) / n.clamp_min(1)
-        cov_mean = torch.zeros_like(n).index_add(0, self.gid, self.cov.to(n)) / n.clamp_min(1)
+        n = group_sum(torch.ones_like(self.h), self.gid, len(self.keys)).clamp_min(1)
+        h_mean = group_sum(self.h.to(n), self.gid, len(self.keys)) / n
+        cov_mean = group_sum(self.cov.to(n), self.gid, len(self.keys)) / n
         member_h = defaultdict(list)
         for g, h in zip(self.gid.tolist(), self.h.tolist()):
             member_h[g].append(h)

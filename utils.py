@@ -292,8 +292,9 @@ def imagenet_loaders(root, batch_size, workers, distributed=False, crop=224, res
     Returns (train_loader, val_loader, train_sampler); train_sampler is a DistributedSampler when
     `distributed`, else None. Call set_loader_epoch(train_loader, train_sampler, seed, epoch) before
     every epoch: the order and the workers' random streams are then a function of (seed, epoch), so
-    a resumed run sees the same images and augmentation. Validation is not sharded, so every process
-    sees the whole validation set and accuracies need no gathering.
+    a resumed run sees the same images and augmentation. The validation loader holds the whole
+    validation set; a data-parallel caller shards it (train.py gives each process every world-th image
+    and sums the counts).
     """
     import torchvision.datasets as datasets
     import torchvision.transforms as T

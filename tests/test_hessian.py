@@ -865,6 +865,39 @@ def test_twin_is_self_leaf_matches_dense_recursion():
                        rtol=1e-10)
 
 
+class Scale(nn.Module):
+    """A leaf the recursion does not know: y = c * x."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x):
+        return self.c * x
+
+
+def test_register_twin_teaches_the_recursion_a_new_leaf(monkeypatch):
+    monkeypatch.setattr(hessian, '_TWINS', dict(hessian._TWINS))      # the registration stays here
+    gen = torch.Generator().manual_seed(13)
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen, dtype=torch.float64))
+    tail = [nn.ReLU(), Switch((4, 1, 1)), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3).double()]
+    with_scale = nn.Sequential(Switch((3, 1, 1)), conv, Scale(2.0), *tail).double()
+    x = torch.randn(5, 3, 4, 4, generator=gen, dtype=torch.float64)
+    with pytest.raises(TypeError, match='Scale'):
+        switch_curvature(with_scale, batches_of(x, [5]), method='recursive')
+    hessian.register_twin(Scale, lambda m, u, recorded: m.c * m.c * u)
+    got = switch_curvature(with_scale, batches_of(x, [5]), method='recursive')
+    # The same function with the factor in the conv weights, which the recursion knows.
+    doubled = copy.deepcopy(conv)
+    with torch.no_grad():
+        doubled.weight.mul_(2.0)
+        doubled.bias.mul_(2.0)
+    plain = nn.Sequential(with_scale[0], doubled, nn.Identity(), *tail)      # same switch names
+    assert_close_dicts(got, switch_curvature(plain, batches_of(x, [5]), method='recursive'), rtol=1e-12)
+
+
 @pytest.mark.parametrize('method', ['ggn', 'fisher', 'recursive'])
 def test_curvature_interface(method):
     """Exactly the Switch names come back, shaped like s (an unused switch gets 0); eval mode during the
