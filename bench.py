@@ -16,7 +16,6 @@ Every figure is the median of repeated runs after warm-up runs, with CUDA synchr
 and projects the wall time of a full CIFAR-10 search and of the 600-epoch retraining.
 Prints a table and writes JSON (--out).
 """
-import argparse
 import json
 import platform
 import random
@@ -329,7 +328,7 @@ SECTIONS = ('search_step', 'curvature', 'pruned', 'eval_train')
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Benchmarks of the search and retraining steps.')
+    parser = utils.Parser('bench.py', description='Benchmarks of the search and retraining steps.')
     parser.add_argument('--quick', action='store_true', help='small CPU smoke run (under a minute)')
     parser.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: cuda:0 if present)')
     parser.add_argument('--compile', action='store_true', help='also measure torch.compile variants')

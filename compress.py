@@ -124,9 +124,7 @@ def check_args(a):
     rules.append((a.epochs != 0 or a.pretrained,
                   '--epochs 0 would compress an untrained network; train it (--epochs 1 or more) or give '
                   'its dense weights with --pretrained DENSE_MODEL.pt'))
-    for ok, message in rules:
-        if not ok:
-            raise utils.UserError(message)
+    utils.check(rules)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -624,7 +622,7 @@ def plot_curves(metrics_path, path, phases):
     matplotlib.use('Agg')  # files only
     import matplotlib.pyplot as plt
 
-    records = utils._read_metrics(metrics_path)      # skips the torn last line of a killed run
+    records = utils.read_metrics(metrics_path)      # skips the torn last line of a killed run
 
     def series(key):
         # By epoch, the last record winning: an epoch redone after an interruption is drawn once.

@@ -37,7 +37,6 @@ rule (no flag, or --threshold equal to the search's) writes into RUN_DIR, as sea
 rule writes into a folder of its own, RUN_DIR/derived-threshold-T or RUN_DIR/derived-topk-K, so that
 the search's genotype is never overwritten; --out DIR overrides either.
 """
-import argparse
 import json
 import math
 from collections import defaultdict
@@ -675,16 +674,9 @@ def lookup(path, arch):
 # Command line
 # ----------------------------------------------------------------------------------------------------
 
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one UserError line, not usage text and exit."""
-
-    def error(self, message):
-        raise utils.UserError(f'{message} (see python derive.py --help)')
-
-
 def build_parser():
     # No abbreviations: '--top 2' must not silently mean '--topk 2'.
-    parser = Parser(description='Derive a genotype from a BayesNAS search run.', allow_abbrev=False)
+    parser = utils.Parser('derive.py', description='Derive a genotype from a BayesNAS search run.')
     parser.add_argument('run_dir', help='directory of a search run (holds gamma.json)')
     rule = parser.add_mutually_exclusive_group()
     rule.add_argument('--threshold', type=float, default=None,

@@ -176,8 +176,9 @@ def darts_cell(edges, concat, C_prev_prev, C_prev, C, reduction, reduction_prev,
 # Supernet
 # ----------------------------------------------------------------------------------------------------
 
-def _reductions(layers):
-    return {layers // 3, 2 * layers // 3}
+def reduction_layers(layers):
+    """The indices of DARTS's two reduction cells, at 1/3 and 2/3 of the depth."""
+    return layers // 3, 2 * layers // 3
 
 
 def stack_cells(layers, C, C_stem, reduction_prev, make_cell):
@@ -187,7 +188,7 @@ def stack_cells(layers, C, C_stem, reduction_prev, make_cell):
     cells, channels = nn.ModuleList(), []
     C_prev_prev, C_prev, C_curr = C_stem, C_stem, C
     for i in range(layers):
-        reduction = i in _reductions(layers)
+        reduction = i in reduction_layers(layers)
         if reduction:
             C_curr *= 2
         cell = make_cell(reduction, C_prev_prev, C_prev, C_curr, reduction_prev)
@@ -254,15 +255,16 @@ class SwitchNetwork(nn.Module):
 class Network(SwitchNetwork):
     """The DARTS search network with a switch on every edge and every op (returns logits)."""
 
-    def __init__(self, C=16, num_classes=10, layers=8, steps=4, multiplier=4, stem_multiplier=3, tie=True):
+    STEPS = 4           # intermediate nodes of a cell, all of them concatenated into its output
+
+    def __init__(self, C=16, num_classes=10, layers=8, tie=True):
         super().__init__()
-        if not 1 <= multiplier <= steps:
-            raise ValueError(f'multiplier must be between 1 and steps={steps}, got {multiplier}')
         self.tie = tie
-        C_stem = stem_multiplier * C
+        C_stem = 3 * C
         self.stem = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
-        edges = [(op, i, j) for j in range(2, steps + 2) for i in range(j) for op in genotypes.CANDIDATES]
-        concat = list(range(steps + 2 - multiplier, steps + 2))
+        nodes = range(2, self.STEPS + 2)
+        edges = [(op, i, j) for j in nodes for i in range(j) for op in genotypes.CANDIDATES]
+        concat = list(nodes)
 
         def make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev):
             return darts_cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction, reduction_prev, switches=True)
@@ -332,7 +334,7 @@ class AuxiliaryHeadImageNet(nn.Module):
 class _EvalNetwork(nn.Module):
     """The cell stack shared by NetworkCIFAR and NetworkImageNet; subclasses provide the stem."""
 
-    def _build_cells(self, C, C_stem, num_classes, layers, auxiliary, genotype, reduction_prev, aux_head):
+    def _build_cells(self, C, C_stem, num_classes, layers, auxiliary, genotype, *, reduction_prev, aux_head):
         genotypes.validate(genotype)
         normal = genotypes.cell_edges(genotype.normal), list(genotype.normal_concat)
         reduce = genotypes.cell_edges(genotype.reduce), list(genotype.reduce_concat)
@@ -345,7 +347,7 @@ class _EvalNetwork(nn.Module):
         self.cells, channels = stack_cells(layers, C, C_stem, reduction_prev, make_cell)
         C_prev = channels[-1]
         if auxiliary:       # after the second reduction cell, as DARTS
-            self.auxiliary_head = aux_head(channels[2 * layers // 3], num_classes)
+            self.auxiliary_head = aux_head(channels[reduction_layers(layers)[1]], num_classes)
         # DARTS pools ImageNet's 7x7 map with AvgPool2d(7): the same thing there, and any size works.
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
@@ -354,7 +356,7 @@ class _EvalNetwork(nn.Module):
         logits_aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, drop_prob=self.drop_path_prob)
-            if i == 2 * self._layers // 3 and self._auxiliary and self.training:
+            if i == reduction_layers(self._layers)[1] and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
         logits = self.classifier(self.global_pooling(s1).flatten(1))
         return logits, logits_aux
@@ -368,7 +370,8 @@ class NetworkCIFAR(_EvalNetwork):
         super().__init__()
         C_stem = 3 * C
         self.stem = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
-        self._build_cells(C, C_stem, num_classes, layers, auxiliary, genotype, False, AuxiliaryHeadCIFAR)
+        self._build_cells(C, C_stem, num_classes, layers, auxiliary, genotype, reduction_prev=False,
+                          aux_head=AuxiliaryHeadCIFAR)
         self.drop_path_prob = drop_path_prob
 
     def forward(self, x):
@@ -394,7 +397,8 @@ class NetworkImageNet(_EvalNetwork):
             nn.BatchNorm2d(C),
         )
         # The first cell's node 0 (stem0) is twice the size of its node 1 (stem1).
-        self._build_cells(C, C, num_classes, layers, auxiliary, genotype, True, AuxiliaryHeadImageNet)
+        self._build_cells(C, C, num_classes, layers, auxiliary, genotype, reduction_prev=True,
+                          aux_head=AuxiliaryHeadImageNet)
         self.drop_path_prob = drop_path_prob
 
     def forward(self, x):

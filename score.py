@@ -87,9 +87,7 @@ def configure(argv):
         (args.jobs >= 1, f'--jobs must be at least 1, got {args.jobs}'),
         (len(set(args.seeds)) == len(args.seeds), f'--seeds repeats a seed: {args.seeds}'),
     ]
-    for ok, message in rules:
-        if not ok:
-            raise utils.UserError(message)
+    utils.check(rules)
     path = Path(args.genotype) if args.genotype else Path(args.run_dir) / 'genotype.json'
     if not path.is_file():
         raise utils.UserError(f'{path} is missing: score a finished search (or pass --genotype FILE)')

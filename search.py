@@ -34,9 +34,7 @@ Where it departs from the paper's code, and why (README, "Design notes", has the
     scales h by 1/a^2). The paper's update, gamma = ||w|| / omega with omega from gamma = 1
     (--update reweight), can only raise gamma where the curvature is small, so one iteration prunes
     what the penalty drove to zero or what is small in magnitude.
-  * The switches train with proximal Adam (hessian.ProxAdam, --switch_lr): Adam on the loss and the
-    penalty as a group soft-threshold of the same per-switch step, so a group the loss does not
-    hold reaches exactly 0 within the epoch instead of hovering around it.
+  * The switches train with proximal Adam (hessian.ProxAdam, --switch_lr, which says why).
   * The default curvature is the Monte-Carlo Fisher, unbiased for the GGN diagonal; the paper's
     layer-wise recursion ('--hessian recursive') misses the cross terms of the global average pool
     and is orders of magnitude below it on this network. '--hessian constant' replaces every
@@ -129,11 +127,10 @@ def build_parser():
     p.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: cuda:0 if present, '
                    'else the CPU)')
     p.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
-                   help='bf16 autocast of the training steps on CUDA (default: off: it made the training '
-                        'of DARTS-size CIFAR-10 networks about 25%% slower on an H200)')
+                   help='bf16 autocast of the training steps on CUDA (default: off; README, Performance)')
     p.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
-                   help='channels-last memory format on CUDA (default: on; on a CPU it is 1.6x faster '
-                        'but PyTorch 2.14 corrupts memory in the backward pass of some of its convolutions)')
+                   help='channels-last memory format on CUDA (default: on; never on a CPU, where PyTorch 2.14 '
+                        'corrupts memory in the backward pass of some of its convolutions)')
     p.add_argument('--deterministic', action='store_true', help='deterministic algorithms and no cuDNN '
                    'autotuning, so that a GPU run repeats exactly (slower; a CPU run always does)')
     p.add_argument('--report_freq', type=int, default=50, help='log every this many steps (50)')
@@ -177,9 +174,7 @@ def check_args(a):
         name = '--lambda' if flag == 'lam' else f'--{flag}'
         rules.append((value is None or (math.isfinite(value) and value > 0),
                       f'{name} must be a positive number, got {value}'))
-    for ok, message in rules:
-        if not ok:
-            raise utils.UserError(message)
+    utils.check(rules)
     derive.check_benchmark(a.benchmark, spaces.get(a.space))
 
 
@@ -375,7 +370,7 @@ class Search:
         self.relevance = relevance(before)
         self.norm_at_update = {r['key']: r['norm'] for r in before}
         newly = self.prior.prune(args.threshold)
-        live = live_ops(gamma_rows(self.model, self.prior), self.space.cell_types)
+        live = count_live_ops(gamma_rows(self.model, self.prior), self.space.cell_types)
         summary = dict(iteration=iteration + 1, curvature_s=seconds, pruned=len(newly),
                        live_groups=int((~self.prior.pruned).sum()), groups=len(self.prior.keys),
                        live_ops=live)
@@ -411,7 +406,7 @@ def phase_name(kind, epoch):
     return f'warmup {epoch + 1}' if kind == 'warmup' else f'search iteration {epoch + 1}'
 
 
-def live_ops(rows, cell_types=derive.CELL_TYPES):
+def count_live_ops(rows, cell_types=derive.CELL_TYPES):
     """Unpruned op groups per cell type (of a tied search; untied: summed over cells)."""
     out = {k: 0 for t in cell_types for k in (t, t + '_total')}
     for row in rows:

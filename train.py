@@ -17,10 +17,9 @@ string, or a genotype.json of an nb201 search) with the recipe behind the benchm
 epochs, batch 256, SGD with Nesterov momentum 0.9, lr 0.1 cosine to 0, weight decay 5e-4, random crop
 and flip, nothing else (16 channels, 5 cells per stage). Every knob is a flag (DARTS's names).
 
-Speed on CUDA. bf16 autocast (--amp) is on for ImageNet but off for CIFAR-10: a CIFAR-10 step at batch
-96 is paced by kernel launches, not arithmetic, and the casts autocast adds made BayesNAS's network
-train about a quarter slower on an H200 (about 1,000 against 1,370 img/s). Channels-last made no
-measurable difference in that measurement (with autocast); it stays on.
+Speed on CUDA. bf16 autocast (--amp) is on for ImageNet but off for CIFAR-10, where a step at batch 96
+is paced by kernel launches rather than arithmetic and the casts cost more than they save; channels-last
+is on (README, Performance, has the measurements).
 
 Data. CIFAR-10 sits on the device as uint8; crop, flip and cutout are applied batch-wise there
 (utils.Batches), with order and augmentation a function of (seed, epoch): that is what makes --resume
@@ -75,7 +74,7 @@ COMMON_DEFAULTS = dict(
     gamma=0.97, decay_period=1,
     auxiliary=True, auxiliary_weight=0.4, cutout_length=16, grad_clip=5.0, report_freq=50,
     gpu=None, seed=0, save=None, resume=False, eval_only=None, workers=4, channels_last=True,
-    compile=False, download=False, deterministic=False)
+    download=False, deterministic=False)
 
 DATASET_DEFAULTS = {
     'cifar10': dict(data='data', epochs=600, batch_size=96, learning_rate=0.025, lr_schedule='cosine',
@@ -96,7 +95,7 @@ SPACE_DEFAULTS = {
 
 # Flags that say where and how fast a run executes, not what it computes: a resumed run may change
 # them. Every other flag of a resumed run comes from its checkpoint.
-RUN_FLAGS = {'data', 'gpu', 'report_freq', 'workers', 'amp', 'channels_last', 'compile', 'download',
+RUN_FLAGS = {'data', 'gpu', 'report_freq', 'workers', 'amp', 'channels_last', 'download',
              'save', 'resume', 'deterministic'}
 # The flags --eval_only accepts; the network and its data set come from the checkpoint.
 EVAL_FLAGS = {'eval_only', 'data', 'gpu', 'batch_size', 'workers', 'amp', 'channels_last', 'download',
@@ -167,7 +166,6 @@ def build_parser():
                    help='bf16 autocast on CUDA (' + d('amp') + ')')
     p.add_argument('--channels_last', action=argparse.BooleanOptionalAction,
                    help='channels-last memory format on CUDA (' + d('channels_last') + ')')
-    p.add_argument('--compile', action='store_true', help='torch.compile the training network')
     p.add_argument('--deterministic', action='store_true', help='deterministic algorithms and no cuDNN '
                    'autotuning, so that a GPU run repeats exactly (slower; a CPU run always does)')
     p.add_argument('--seed', type=int, help=d('seed'))
@@ -242,16 +240,14 @@ def check_args(a, world):
         (a.report_freq >= 1, f'--report_freq must be at least 1, got {a.report_freq}'),
         (a.workers >= 0, f'--workers must be >= 0, got {a.workers}'),
     ]
-    for ok, message in rules:
-        if not ok:
-            raise utils.UserError(message)
+    utils.check(rules)
 
 
 # ---------------------------------------------------------------------------------------------
 # Processes: one, or a torchrun job
 # ---------------------------------------------------------------------------------------------
 
-class Dist:
+class Job:
     """This process's place in a torchrun job; rank 0 of 1 when the script is run plainly."""
 
     def __init__(self):
@@ -423,59 +419,59 @@ class Epochs:
         return iter(self.loader)
 
 
-def cifar_data(args, device, ddp):
+def cifar_data(args, device, job):
     """(training batches, this process's test batches, number of classes) with data on the device."""
-    if args.download and ddp.local_rank != 0:
+    if args.download and job.local_rank != 0:
         dist.barrier()          # one download per machine: the first process fetches it
     data = utils.load_cifar10(args.data, device=device, download=args.download)
-    if args.download and ddp.local_rank == 0 and ddp.enabled:
+    if args.download and job.local_rank == 0 and job.enabled:
         dist.barrier()
     cutout = args.cutout_length if args.cutout else 0
     train = utils.Batches(data['train_x'], data['train_y'], args.batch_size, shuffle=True,
                           drop_last=True, augment={'crop_pad': 4, 'flip': True, 'cutout': cutout},
                           seed=args.seed)
-    return Shard(train, ddp.rank, ddp.world), cifar_test_batches(data, args, ddp), 10
+    return Shard(train, job.rank, job.world), cifar_test_batches(data, args, job), 10
 
 
-def cifar_test_batches(data, args, ddp):
+def cifar_test_batches(data, args, job):
     """This process's share of the test set, in order."""
-    test_x = torch.tensor_split(data['test_x'], ddp.world)[ddp.rank]
-    test_y = torch.tensor_split(data['test_y'], ddp.world)[ddp.rank]
-    return utils.Batches(test_x, test_y, args.batch_size // ddp.world, shuffle=False)
+    test_x = torch.tensor_split(data['test_x'], job.world)[job.rank]
+    test_y = torch.tensor_split(data['test_y'], job.world)[job.rank]
+    return utils.Batches(test_x, test_y, args.batch_size // job.world, shuffle=False)
 
 
-def cifar_test_data(args, device, ddp):
+def cifar_test_data(args, device, job):
     """The test batches alone: only test_batch is read (and needs to be present)."""
-    if args.download and ddp.local_rank != 0:
+    if args.download and job.local_rank != 0:
         dist.barrier()
     data = utils.load_cifar10(args.data, device=device, download=args.download, train=False)
-    if args.download and ddp.local_rank == 0 and ddp.enabled:
+    if args.download and job.local_rank == 0 and job.enabled:
         dist.barrier()
-    return cifar_test_batches(data, args, ddp)
+    return cifar_test_batches(data, args, job)
 
 
-def imagenet_data(args, device, ddp):
+def imagenet_data(args, device, job):
     """(training batches, this process's validation batches, number of classes) from ImageFolders."""
-    per_process = args.batch_size // ddp.world
+    per_process = args.batch_size // job.world
     pin = device.type == 'cuda'
     train, val, sampler = utils.imagenet_loaders(args.data, per_process, args.workers,
-                                                 distributed=ddp.enabled, pin_memory=pin, seed=args.seed)
+                                                 distributed=job.enabled, pin_memory=pin, seed=args.seed)
     # ImageFolder numbers the classes of each folder by their sorted names: a class missing from
     # one of them would shift every label after it, and the accuracy would be silently wrong.
     if train.dataset.classes != val.dataset.classes:
         only = sorted(set(train.dataset.classes) ^ set(val.dataset.classes))
         raise utils.UserError(f'{args.data}: train/ and val/ must hold the same class folders, but '
                               f'{len(only)} class(es) are in only one of them, e.g. {only[0]!r}')
-    if ddp.enabled:
-        # Every process gets every ddp.world-th validation image; the sums are all-reduced.
-        subset = torch.utils.data.Subset(val.dataset, range(ddp.rank, len(val.dataset), ddp.world))
+    if job.enabled:
+        # Every process gets every job.world-th validation image; the sums are all-reduced.
+        subset = torch.utils.data.Subset(val.dataset, range(job.rank, len(val.dataset), job.world))
         val = torch.utils.data.DataLoader(subset, batch_size=per_process, shuffle=False,
                                           num_workers=args.workers, pin_memory=pin)
     return Epochs(train, sampler, args.seed), val, len(train.dataset.classes)
 
 
-def load_data(args, device, ddp):
-    return (imagenet_data if args.dataset == 'imagenet' else cifar_data)(args, device, ddp)
+def load_data(args, device, job):
+    return (imagenet_data if args.dataset == 'imagenet' else cifar_data)(args, device, job)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +506,7 @@ def summary(sums):
     return {'loss': loss / n, 'acc': 100 * top1 / n, 'top5': 100 * top5 / n, 'images': int(sums[3])}
 
 
-def train_epoch(model, net, data, optimizer, criterion, args, device, ddp, run, epoch):
+def train_epoch(model, net, data, optimizer, criterion, epoch, *, args, device, job, run):
     """One pass over the training data; returns the summary of the whole global batch."""
     model.train()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
@@ -529,17 +525,17 @@ def train_epoch(model, net, data, optimizer, criterion, args, device, ddp, run, 
         sums += batch_stats(logits, y, loss)
         if step % args.report_freq == 0:
             # Reduced over processes, so every process sees the same value and stops together.
-            s = summary(ddp.sum(sums))
+            s = summary(job.sum(sums))
             utils.check_finite(s['loss'], f'training loss at epoch {epoch + 1} step {step}')
             run.log(f'  step {step}/{len(data)}  loss {s["loss"]:.4f}  acc {s["acc"]:.2f}%  '
                     f'{s["images"] / (time.time() - start):.0f} img/s')
-    s = summary(ddp.sum(sums))
+    s = summary(job.sum(sums))
     utils.check_finite(s['loss'], f'training loss of epoch {epoch + 1}')
     return s
 
 
 @torch.no_grad()
-def evaluate(net, data, args, device, ddp):
+def evaluate(net, data, args, device, job):
     """Mean cross-entropy, top-1 and top-5 accuracy (%) of the whole test set, over all processes."""
     net.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
@@ -548,7 +544,7 @@ def evaluate(net, data, args, device, ddp):
         with autocast(device, args):
             logits, _ = net(x)
         sums += batch_stats(logits, y, F.cross_entropy(logits.float(), y))
-    return summary(ddp.sum(sums))
+    return summary(job.sum(sums))
 
 
 def make_scheduler(optimizer, args):
@@ -561,7 +557,7 @@ def make_scheduler(optimizer, args):
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 
-def restore(state, net, optimizer, scheduler, args, ddp, run):
+def restore(state, net, optimizer, scheduler, args, job, run):
     """Load a checkpoint into the run; returns the number of epochs it had completed."""
     load_weights(net, state.get('model', {}), Path(args.save) / 'checkpoint.pt')
     try:
@@ -571,21 +567,21 @@ def restore(state, net, optimizer, scheduler, args, ddp, run):
     except (KeyError, RuntimeError, ValueError) as e:
         raise utils.UserError(f'checkpoint in {args.save} does not fit this run: '
                               f'{type(e).__name__}: {e}') from e
-    if len(rng) == ddp.world:
-        utils.set_rng_state(rng[ddp.rank])
+    if len(rng) == job.world:
+        utils.set_rng_state(rng[job.rank])
     else:
         # Another number of processes: drop-path masks cannot follow the old streams.
-        utils.set_seed(args.seed + ddp.world * epochs_done + ddp.rank)
-        run.log(f'the checkpoint was written by {len(rng)} processes, this run has {ddp.world}: '
+        utils.set_seed(args.seed + job.world * epochs_done + job.rank)
+        run.log(f'the checkpoint was written by {len(rng)} processes, this run has {job.world}: '
                 f'drop-path draws new random numbers and BatchNorm sees other slices')
-    if ddp.main and 'run_files' not in state:
+    if job.main and 'run_files' not in state:
         # Written before checkpoints recorded how far the run's files went (RunDir rewinds to that):
         # drop the metrics of epochs after the checkpoint's, which the resumed run repeats.
         utils.trim_metrics(Path(args.save) / 'metrics.jsonl', lambda r: r.get('epoch', 0) <= epochs_done)
     return epochs_done
 
 
-def read_checkpoint(path, ddp, resumable=False):
+def read_checkpoint(path, job, resumable=False):
     """A checkpoint.pt or model.pt of this script, read by rank 0 and given to every process;
     resumable: a checkpoint.pt, which also holds the run's arguments and training state."""
     def read():
@@ -599,30 +595,30 @@ def read_checkpoint(path, ddp, resumable=False):
                                   f'epoch, optimiser, schedule, random state); a model.pt holds only '
                                   f'the network')
         return state
-    return ddp.on_rank0(read)
+    return job.on_rank0(read)
 
 
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
 
-def train(given, device, ddp):
+def train(given, device, job):
     state = None
     if given.get('resume'):
         if 'save' not in given:
             raise utils.UserError('--resume needs --save RUN_DIR, the run to continue')
-        state = read_checkpoint(Path(given['save']) / 'checkpoint.pt', ddp, resumable=True)
+        state = read_checkpoint(Path(given['save']) / 'checkpoint.pt', job, resumable=True)
         args = argparse.Namespace(**resumed_args(state['args'], given))
     else:
         args = argparse.Namespace(**fresh_args(given))
-    check_args(args, ddp.world)
+    check_args(args, job.world)
     if args.deterministic:          # a resumed run may have been started with it
         utils.set_deterministic()
-    utils.set_seed(args.seed + ddp.rank)
+    utils.set_seed(args.seed + job.rank)
 
     if state is None:
         genotype, name = load_genotype(args)
-    train_data, test_data, num_classes = load_data(args, device, ddp)
+    train_data, test_data, num_classes = load_data(args, device, job)
     if len(train_data) == 0:
         raise utils.UserError(f'the training set holds fewer images than one batch of '
                               f'{args.batch_size}; lower --batch_size')
@@ -633,8 +629,8 @@ def train(given, device, ddp):
     else:
         config = state['config']
     rewind = state.get('run_files') if state is not None else None
-    made = ddp.on_rank0(lambda: utils.RunDir(args.save, vars(args), resume=args.resume, rewind=rewind))
-    run = made if ddp.main else Silent()
+    run_dir = job.on_rank0(lambda: utils.RunDir(args.save, vars(args), resume=args.resume, rewind=rewind))
+    run = run_dir if job.main else Silent()
 
     net = build_network(config).to(device)
     params = utils.count_params(net)
@@ -645,23 +641,21 @@ def train(given, device, ddp):
     run.log(f'{config["dataset"]}: {cells}, {config["init_channels"]} channels, '
             f'{params / 1e6:.3f}M parameters (auxiliary head excluded), {macs / 1e6:.1f}M '
             f'multiply-adds per image')
-    run.log(f'{ddp.world} process(es) on {device}, global batch {args.batch_size}; run directory '
+    run.log(f'{job.world} process(es) on {device}, global batch {args.batch_size}; run directory '
             f'{args.save}')
     if device.type == 'cuda' and args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(net.parameters(), args.learning_rate, momentum=args.momentum,
                                 nesterov=args.nesterov, weight_decay=args.weight_decay)
     scheduler = make_scheduler(optimizer, args)
-    start = 0 if state is None else restore(state, net, optimizer, scheduler, args, ddp, run)
+    start = 0 if state is None else restore(state, net, optimizer, scheduler, args, job, run)
     state = None                # the checkpoint's tensors are no longer needed
     if start:
         run.log(f'resumed after epoch {start}')
 
     # DDP copies rank 0's weights to every process here, so all start alike.
     model = DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None) \
-        if ddp.enabled else net
-    if args.compile:
-        model = torch.compile(model)
+        if job.enabled else net
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
 
     test = None
@@ -670,20 +664,21 @@ def train(given, device, ddp):
         lr = optimizer.param_groups[0]['lr']
         train_data.set_epoch(epoch)
         tic = time.time()
-        tr = train_epoch(model, net, train_data, optimizer, criterion, args, device, ddp, run, epoch)
+        trained = train_epoch(model, net, train_data, optimizer, criterion, epoch, args=args, device=device,
+                              job=job, run=run)
         seconds = time.time() - tic
-        ddp.share_buffers(net)
-        test = evaluate(net, test_data, args, device, ddp)
+        job.share_buffers(net)
+        test = evaluate(net, test_data, args, device, job)
         run.log(f'epoch {epoch + 1}/{args.epochs}  lr {lr:.3e}  drop-path {net.drop_path_prob:.3f}  '
-                f'train loss {tr["loss"]:.4f} acc {tr["acc"]:.2f}%  test loss {test["loss"]:.4f} '
-                f'acc {test["acc"]:.2f}%  {tr["images"] / seconds:.0f} img/s  '
+                f'train loss {trained["loss"]:.4f} acc {trained["acc"]:.2f}%  test loss {test["loss"]:.4f} '
+                f'acc {test["acc"]:.2f}%  {trained["images"] / seconds:.0f} img/s  '
                 f'{utils.format_time(seconds)}')
-        run.metric(epoch=epoch + 1, lr=lr, drop_path_prob=net.drop_path_prob, train_loss=tr['loss'],
-                   train_acc=tr['acc'], test_loss=test['loss'], test_acc=test['acc'],
-                   test_top5=test['top5'], images_per_s=tr['images'] / seconds, seconds=seconds)
+        run.metric(epoch=epoch + 1, lr=lr, drop_path_prob=net.drop_path_prob, train_loss=trained['loss'],
+                   train_acc=trained['acc'], test_loss=test['loss'], test_acc=test['acc'],
+                   test_top5=test['top5'], images_per_s=trained['images'] / seconds, seconds=seconds)
         scheduler.step()
-        rng = ddp.gather(utils.get_rng_state())
-        if ddp.main:
+        rng = job.gather(utils.get_rng_state())
+        if job.main:
             # run_files: how far log.txt and metrics.jsonl were written, for a resumed run to rewind to.
             utils.save_checkpoint({'kind': 'train', 'run_files': run.sizes(),
                                    'epoch': epoch + 1, 'args': vars(args), 'config': config,
@@ -693,9 +688,9 @@ def train(given, device, ddp):
             utils.plot_curves(run.file('metrics.jsonl'), run.file('curves.png'), CURVE_KEYS)
 
     if test is None:            # resumed a finished run: nothing trained, evaluate it again
-        ddp.share_buffers(net)
-        test = evaluate(net, test_data, args, device, ddp)
-    if ddp.main:
+        job.share_buffers(net)
+        test = evaluate(net, test_data, args, device, job)
+    if job.main:
         utils.save_checkpoint({'kind': 'train', 'args': vars(args), 'config': config,
                                'model': net.state_dict(), 'epochs': args.epochs,
                                'test_acc': test['acc'], 'test_top5': test['top5'],
@@ -707,12 +702,12 @@ def train(given, device, ddp):
             'params': params, 'macs': macs, 'save': args.save}
 
 
-def eval_only(given, device, ddp):
+def eval_only(given, device, job):
     extra = sorted(set(given) - EVAL_FLAGS)
     if extra:
         raise utils.UserError(f'--{extra[0]} does not apply to --eval_only, which takes the network '
                               f'and its data set from the checkpoint')
-    state = read_checkpoint(given['eval_only'], ddp)
+    state = read_checkpoint(given['eval_only'], job)
     config = state['config']
     dataset = config.get('dataset', 'cifar10')
     if dataset not in DATASET_DEFAULTS:
@@ -721,17 +716,17 @@ def eval_only(given, device, ddp):
     space = config.get('space', 'darts')
     args = argparse.Namespace(**{**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **SPACE_DEFAULTS.get(space, {}),
                                  **given, 'space': space, 'dataset': dataset, 'data': data})
-    check_args(args, ddp.world)
+    check_args(args, job.world)
     net = build_network(config).to(device)
     load_weights(net, state['model'], given['eval_only'])
     if device.type == 'cuda' and args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     try:
-        test_data = load_test_data(args, device, ddp)
+        test_data = load_test_data(args, device, job)
     except utils.UserError as e:
         raise utils.UserError(f'{e} (--data {data} is {source})') from e
-    test = evaluate(net, test_data, args, device, ddp)
-    if ddp.main:
+    test = evaluate(net, test_data, args, device, job)
+    if job.main:
         print(f'test accuracy {test["acc"]:.2f}% (error {100 - test["acc"]:.2f}%, top-5 '
               f'{test["top5"]:.2f}%, loss {test["loss"]:.4f}) on {test["images"]} images', flush=True)
     return {'test_acc': test['acc'], 'test_top5': test['top5'], 'test_loss': test['loss']}
@@ -748,10 +743,10 @@ def eval_data_path(given, state, dataset):
     return DATASET_DEFAULTS[dataset]['data'], 'the default; pass --data'
 
 
-def load_test_data(args, device, ddp):
+def load_test_data(args, device, job):
     if args.dataset == 'imagenet':
-        return imagenet_data(args, device, ddp)[1]
-    return cifar_test_data(args, device, ddp)
+        return imagenet_data(args, device, job)[1]
+    return cifar_test_data(args, device, job)
 
 
 # Checkpoints written before a cell stopped building the preprocessing of an input that none of
@@ -771,15 +766,15 @@ def load_weights(net, weights, path):
 
 def main(argv=None):
     given = vars(build_parser().parse_args(argv))
-    ddp = Dist()
-    device = ddp.device(given.get('gpu'), given.get('deterministic', False))
-    ddp.start(device)
+    job = Job()
+    device = job.device(given.get('gpu'), given.get('deterministic', False))
+    job.start(device)
     try:
         if 'eval_only' in given:
-            return eval_only(given, device, ddp)
-        return train(given, device, ddp)
+            return eval_only(given, device, job)
+        return train(given, device, job)
     finally:
-        ddp.stop()
+        job.stop()
 
 
 if __name__ == '__main__':

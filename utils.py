@@ -88,6 +88,14 @@ class Parser(argparse.ArgumentParser):
         return '--' + dest
 
 
+def check(rules):
+    """Raise UserError with the message of the first (ok, message) rule whose ok is false: a
+    script's flag checks read as one list of rules."""
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
+
+
 def resumed_args(parser, stored, given, run_flags, defaults=None):
     """The configuration of a resumed run: every flag as the run was started with it, unless the
     user gives it again. Flags in run_flags (where and how the run executes) may change; any other
@@ -604,14 +612,8 @@ def trim_metrics(path, keep):
     path = Path(path)
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if keep(json.loads(line)):
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue
-    write_text_atomic(path, ''.join(line + '\n' for line in kept))
+    kept = [r for r in read_metrics(path) if keep(r)]
+    write_text_atomic(path, ''.join(json.dumps(r, default=_json_default) + '\n' for r in kept))
 
 
 def _umask():
@@ -786,7 +788,8 @@ def count_macs(model, input_shape):
 # Plots
 # ---------------------------------------------------------------------------------------------
 
-def _read_metrics(metrics_path):
+def read_metrics(metrics_path):
+    """The records of a metrics.jsonl file, without a torn last line."""
     records = []
     with open(metrics_path) as f:
         for line in f:
@@ -807,7 +810,7 @@ def plot_curves(metrics_path, png_path, keys):
     matplotlib.use('Agg')  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    records = _read_metrics(metrics_path)
+    records = read_metrics(metrics_path)
     series = {}
     for i, r in enumerate(records):
         x = r.get('step', r.get('epoch', i))

@@ -241,7 +241,7 @@ def train_as(world, argv):
     Returns the state dict and the test summary."""
     args = argparse.Namespace(**train.fresh_args(vars(train.build_parser().parse_args(argv))))
     assert args.drop_path_prob == 0      # drop-path masks come from each process's own generator
-    single, cpu = train.Dist(), torch.device('cpu')
+    single, cpu = train.Job(), torch.device('cpu')
     utils.set_seed(args.seed)
     genotype, _ = train.load_genotype(args)
     batches, test, classes = train.cifar_data(args, cpu, single)     # the global batches
@@ -453,7 +453,7 @@ def test_deterministic_flag(tiny_cifar, tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def stop(args, device, ddp):
+    def stop(args, device, job):
         raise Stop
     monkeypatch.setattr(train, 'load_data', stop)
     assert not torch.are_deterministic_algorithms_enabled()
