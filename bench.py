@@ -87,7 +87,7 @@ def make_search(cfg, device, batch_size, amp=False, channels_last=False, data=No
     argv = ['--init_channels', str(cfg['C']), '--layers', str(cfg['layers']), '--batch_size', str(batch_size),
             '--no-amp' if not amp else '--amp', '--no-channels_last' if not channels_last else '--channels_last']
     argv += ['--data', str(data)] if data is not None else []
-    args = search.build_parser().parse_args(argv)
+    args = search.space_defaults(search.build_parser().parse_args(argv))
     torch.manual_seed(0)
     return search.Search(args, device, run=None, steps_in={})
 

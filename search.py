@@ -97,8 +97,8 @@ def build_parser():
     p.add_argument('--cutout', action=argparse.BooleanOptionalAction, default=True,
                    help='cutout during the warm-up, as in the paper (default: on)')
     p.add_argument('--cutout_length', type=int, default=16, help='cutout square side (16)')
-    p.add_argument('--lambda', dest='lam', type=float, default=0.002, help='temperature lambda of all '
-                   'switches, a loss scale: larger is sparser (default 0.002, see README)')
+    p.add_argument('--lambda', dest='lam', type=float, default=None, help='temperature lambda of all '
+                   'switches, a loss scale: larger is sparser (default: darts 0.002, nb201 0.005; see README)')
     p.add_argument('--lambda_origin', type=float, default=None, help='lambda of the edge (parent) '
                    'switches (default: --lambda)')
     p.add_argument('--lambda_child', type=float, default=None, help='lambda of the op (child) switches '
@@ -176,6 +176,14 @@ def check_args(a):
                       f'{name} must be a positive number, got {value}'))
     utils.check(rules)
     derive.check_benchmark(a.benchmark, spaces.get(a.space))
+
+
+def space_defaults(a):
+    """Fill in the flags whose default depends on --space (--layers, --lambda)."""
+    space = spaces.get(a.space)
+    a.layers = space.layers if a.layers is None else a.layers
+    a.lam = space.lam if a.lam is None else a.lam
+    return a
 
 
 def lambdas(a):
@@ -502,8 +510,7 @@ def configure(argv):
     parser = build_parser()
     args, given = parser.parse(argv)
     if not args.resume:
-        if args.layers is None:
-            args.layers = spaces.get(args.space).layers
+        space_defaults(args)
         check_args(args)
         args.save = args.save or f'runs/search-{time.strftime("%Y%m%d-%H%M%S")}'
         return args, None

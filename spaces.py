@@ -25,6 +25,7 @@ class Space(NamedTuple):
     one_op_per_edge: bool           # derivation keeps the strongest surviving op of an edge, or all
     layers: int                     # default --layers of the search
     layers_means: str               # what --layers counts
+    lam: float                      # default --lambda of the search (README: how it was chosen)
     supernet: Callable              # (C, layers, num_classes, tie) -> model_search.SwitchNetwork
     genotype: Callable              # {cell_type: (kept (op, from, to), concat)} -> the space's genotype
     pictures: tuple                 # the cell pictures derive.py draws: (file, cell_type, title)
@@ -43,12 +44,14 @@ SPACES = {
     'darts': Space(
         name='darts', candidates=genotypes.CANDIDATES, inputs=(0, 1), outputs=None,
         cell_types=('normal', 'reduce'), one_op_per_edge=False, layers=8, layers_means='cells',
+        lam=0.002,
         supernet=lambda C, layers, num_classes, tie: model_search.Network(C, num_classes, layers, tie=tie),
         genotype=_darts_genotype,
         pictures=(('cell_normal.png', 'normal', 'normal cell'), ('cell_reduce.png', 'reduce', 'reduce cell'))),
     'nb201': Space(
         name='nb201', candidates=genotypes.NB201_CANDIDATES, inputs=(0,), outputs=(genotypes.NB201_NODES - 1,),
         cell_types=('normal',), one_op_per_edge=True, layers=5, layers_means='cells per stage',
+        lam=0.005,
         supernet=lambda C, layers, num_classes, tie: model_search.NB201Search(C, layers, num_classes, tie=tie),
         genotype=_nb201_genotype,
         pictures=(('cell.png', 'normal', 'NAS-Bench-201 cell'),)),

@@ -247,6 +247,7 @@ def test_a_tiny_search_derives_retrains_and_looks_up_its_cell(small_cifar, tmp_p
     assert genotypes.load_file(save / 'genotype.json') == ('nb201', string)
     doc = json.loads((save / 'gamma.json').read_text())
     assert doc['space'] == 'nb201' and len(doc['groups']) == 30
+    assert doc['lambda_origin'] == doc['lambda_child'] == spaces.get('nb201').lam == 0.005     # the space's own
     assert (save / 'cell.png').read_bytes()[:4] == b'\x89PNG'
     assert not (save / 'genotype.py').exists() and not (save / 'cell_normal.png').exists()
 

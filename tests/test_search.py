@@ -268,7 +268,7 @@ def test_resume_refuses_other_scripts_checkpoints_and_names_flags_as_written(tmp
     line = one_line_error(run_cli('--save', run, '--resume'))
     assert 'is a checkpoint of train.py, not of search.py' in line
     # A search checkpoint (its arguments are all that is read before the flags are compared).
-    utils.save_checkpoint({'kind': 'search', 'args': vars(search.build_parser().parse_args([]))},
+    utils.save_checkpoint({'kind': 'search', 'args': vars(search.space_defaults(search.build_parser().parse_args([])))},
                           run / 'checkpoint.pt')
     line = one_line_error(run_cli('--save', run, '--resume', '--lambda', '0.01'))
     assert line.startswith("error: --lambda 0.01 differs from the resumed run's 0.002")
