@@ -702,8 +702,13 @@ def default_out(run_dir, doc, threshold, topk):
 
 
 def check_benchmark(path, space):
-    if path is not None and space.name != 'nb201':
+    """Before any work: --benchmark only for NAS-Bench-201, and only with a file that is there."""
+    if path is None:
+        return
+    if space.name != 'nb201':
         raise utils.UserError(f'--benchmark looks up NAS-Bench-201 cells; this is a {space.name} search')
+    if not Path(path).exists():
+        raise utils.UserError(f'benchmark file {path} does not exist')
 
 
 def main(argv=None):

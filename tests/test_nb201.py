@@ -361,3 +361,11 @@ def test_the_nats_bench_api_is_asked_for_the_200_epoch_accuracies(tmp_path, monk
 def test_benchmark_applies_to_nb201_searches_only(small_cifar, tmp_path):
     with pytest.raises(utils.UserError, match='--benchmark looks up NAS-Bench-201 cells'):
         search.main(['--data', str(small_cifar(24, 20)), '--benchmark', str(tmp_path / 't.csv')])
+
+
+def test_a_missing_benchmark_file_stops_the_search_before_it_starts(small_cifar, tmp_path):
+    save = tmp_path / 'run'
+    with pytest.raises(utils.UserError, match='does not exist'):
+        search.main(['--data', str(small_cifar(24, 20)), '--save', str(save), '--benchmark',
+                     str(tmp_path / 'missing.csv')] + TINY)
+    assert not save.exists()
