@@ -13,7 +13,11 @@ Every figure is the median of repeated runs after warm-up runs, with CUDA synchr
   3. the HARD update + pruning, and the derivation of a genotype;
   4. how the step time falls as 25 %, 50 %, 75 % of the operations are pruned;
   5. evaluation-network training (DARTS_V2 and BayesNAS at the retraining configuration);
-and projects the wall time of a full CIFAR-10 search and of the 600-epoch retraining.
+  6. the proxyless space: its supernet's training step at the paper's batch 32 and the activation
+     memory autograd keeps per image (so the batch that fits a GPU), the Fisher curvature per batch,
+     and ProxylessNAS-G's retraining step at batch 64;
+and projects the wall time of a full CIFAR-10 search and of the 600-epoch retraining (proxyless: of
+its search and of the 300-epoch retraining).
 Prints a table and writes JSON (--out).
 """
 import json
@@ -30,10 +34,11 @@ import torch.nn.functional as F
 
 import derive
 import genotypes
+import proxyless
 import search
 import utils
 from hessian import METHODS, switch_curvature
-from model_search import NetworkCIFAR
+from model_search import NetworkCIFAR, ProxylessNetwork
 
 CIFAR_TRAIN = 50000
 
@@ -252,6 +257,63 @@ def bench_eval_networks(cfg, device, compile_too):
     return rows
 
 
+def saved_bytes(model, x, y):
+    """Bytes of the distinct tensors autograd keeps for the backward pass of one loss on (x, y)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.cross_entropy(model(x), y)
+    return sum(storages.values())
+
+
+def bench_proxyless(cfg, device):
+    """The proxyless supernet's step as search.py takes it, its saved activations per image (which set
+    the batch that fits a GPU of 80 GB), the Fisher curvature per batch, and the retraining step of
+    ProxylessNAS-G's ops at the same size (the published network itself at the full size)."""
+    p = cfg['proxyless']
+    argv = ['--space', 'proxyless', '--init_channels', str(p['C']), '--alpha', str(p['alpha']),
+            '--layers', str(p['N']), '--batch_size', str(p['batch']), '--no-channels_last']
+    args = search.space_defaults(search.build_parser().parse_args(argv))
+    torch.manual_seed(0)
+    s = search.Search(args, device, run=None, steps_in={})
+    x, y = batch(p['batch'], device)
+    reset_peak(device)
+    step = search_step_rate(s, device, x, y, cfg)
+    peak = peak_mib(device)
+    per_image = saved_bytes(s.model, *batch(2, device)) / 2
+    weights = sum(w.numel() for w in s.weights) * 4 * 3        # fp32 weights, gradients, momentum
+    curvature = timed(lambda: switch_curvature(s.model, [(x, y)], 'fisher'), device, 1, cfg['repeats'])
+    rows = [dict(kind='supernet', size=f"C {p['C']}, alpha {p['alpha']}, {p['N']} blocks per stage",
+                 batch_size=p['batch'], step_s=step, images_per_s=p['batch'] / step, peak_mib=peak,
+                 saved_mib_per_image=per_image / 2 ** 20, weights_mib=weights / 2 ** 20,
+                 batch_fits_80gb=int((80e9 - weights) // per_image), fisher_s=curvature,
+                 switches=len(s.switches))]
+    show_proxyless(rows[-1])
+    del s
+    trees = [[proxyless.from_short(h) for h in b] for b in proxyless.PROXYLESSNAS_G[:3 * p['N']]]
+    torch.manual_seed(0)
+    net = ProxylessNetwork(proxyless.network_config(p['C'], p['alpha'], p['N'], trees)).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    x, y = batch(p['eval_batch'], device)
+
+    def train_step():
+        loss = F.cross_entropy(net(x)[0], y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.train()
+    reset_peak(device)
+    sec = timed(train_step, device, cfg['warmup'], cfg['repeats'])
+    rows.append(dict(kind='ProxylessNAS-G ops, retraining', params_M=utils.count_params(net) / 1e6,
+                     macs_M=utils.count_macs(net, (3, 32, 32)) / 1e6, batch_size=p['eval_batch'],
+                     step_s=sec, images_per_s=p['eval_batch'] / sec, peak_mib=peak_mib(device)))
+    show_proxyless(rows[-1])
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------
 # Projection and report
 # ----------------------------------------------------------------------------------------------------
@@ -261,7 +323,7 @@ def project(report, cfg):
     the other 90 %, Fisher curvature on 20 batches) and of DARTS's 600-epoch retraining."""
     out = {}
     rows = [r for r in report['search_step'] if r['batch_size'] == cfg['search_batch']]
-    if rows:
+    if rows and report['curvature']:
         best = max(rows, key=lambda r: r['images_per_s'])
         c = report['curvature']
         train = 1.1 * CIFAR_TRAIN / best['images_per_s']      # the warm-up epoch covers 10 %
@@ -274,6 +336,11 @@ def project(report, cfg):
             best = max(rates, key=lambda r: r['images_per_s'])
             out[f'retrain_600_epochs_hours_{arch}'] = 600 * CIFAR_TRAIN / best['images_per_s'] / 3600
             out[f'retrain_variant_{arch}'] = best['variant']
+    if report['proxyless']:
+        supernet, retrain = report['proxyless']
+        # Warm-up on 10 % and the switch epoch on 90 % of the training set, then 20 Fisher batches.
+        out['proxyless_search_minutes'] = (CIFAR_TRAIN / supernet['images_per_s'] + 20 * supernet['fisher_s']) / 60
+        out['proxyless_retrain_300_epochs_hours'] = 300 * CIFAR_TRAIN / retrain['images_per_s'] / 3600
     return out
 
 
@@ -307,6 +374,18 @@ def show_eval(r):
         f"peak {r['peak_mib']:.0f} MiB")
 
 
+def show_proxyless(r):
+    if r['kind'] == 'supernet':
+        say(f"  supernet ({r['size']}, {r['switches']} switches), batch {r['batch_size']}: "
+            f"{r['step_s'] * 1e3:.1f} ms/step, {r['images_per_s']:.1f} img/s, peak {r['peak_mib']:.0f} MiB; "
+            f"Fisher {r['fisher_s'] * 1e3:.1f} ms/batch")
+        say(f"  saved activations {r['saved_mib_per_image']:.1f} MiB per image, weights with gradients and "
+            f"momentum {r['weights_mib']:.0f} MiB: a batch of about {r['batch_fits_80gb']} fits in 80 GB")
+    else:
+        say(f"  {r['kind']}: {r['params_M']:.3f}M params, {r['macs_M']:.1f}M multiply-adds, batch "
+            f"{r['batch_size']}: {r['images_per_s']:.1f} img/s, peak {r['peak_mib']:.0f} MiB")
+
+
 def show_projection(p):
     if 'search_minutes' in p:
         say(f"projected full CIFAR-10 search: {p['search_minutes']:.1f} min ({p['search_variant']})")
@@ -314,6 +393,9 @@ def show_projection(p):
         if f'retrain_600_epochs_hours_{arch}' in p:
             say(f"projected 600-epoch retraining of {arch}: {p[f'retrain_600_epochs_hours_{arch}']:.1f} h "
                 f"({p[f'retrain_variant_{arch}']})")
+    if 'proxyless_search_minutes' in p:
+        say(f"projected proxyless search: {p['proxyless_search_minutes']:.1f} min; 300-epoch retraining of "
+            f"ProxylessNAS-G: {p['proxyless_retrain_300_epochs_hours']:.1f} h")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -321,10 +403,11 @@ def show_projection(p):
 # ----------------------------------------------------------------------------------------------------
 
 FULL = dict(C=16, layers=8, batch_sizes=[64, 128, 256], search_batch=64, warmup=3, repeats=7,
-            fisher_draws=16, eval_C=36, eval_layers=20, eval_batch=96)
+            fisher_draws=16, eval_C=36, eval_layers=20, eval_batch=96,
+            proxyless=dict(C=16, alpha=84, N=18, batch=32, eval_batch=64))
 QUICK = dict(C=4, layers=3, batch_sizes=[8], search_batch=8, warmup=1, repeats=2, fisher_draws=4,
-             eval_C=4, eval_layers=3, eval_batch=8)
-SECTIONS = ('search_step', 'curvature', 'pruned', 'eval_train')
+             eval_C=4, eval_layers=3, eval_batch=8, proxyless=dict(C=4, alpha=4, N=1, batch=8, eval_batch=8))
+SECTIONS = ('search_step', 'curvature', 'pruned', 'eval_train', 'proxyless')
 
 
 def main(argv=None):
@@ -349,7 +432,7 @@ def main(argv=None):
     else:
         name = f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
     report = dict(device=name, torch=torch.__version__, quick=args.quick, config=cfg,
-                  search_step=[], curvature=None, pruned=[], eval_train=[], projection={})
+                  search_step=[], curvature=None, pruned=[], eval_train=[], proxyless=[], projection={})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     say(f"device: {name}, torch {torch.__version__}")
@@ -360,7 +443,9 @@ def main(argv=None):
                  lambda: bench_curvature(cfg, device, args.data)),
                 ('pruned', 'supernet step with pruned operations', lambda: bench_pruned(cfg, device)),
                 ('eval_train', 'evaluation network training step (retraining configuration)',
-                 lambda: bench_eval_networks(cfg, device, args.compile))]
+                 lambda: bench_eval_networks(cfg, device, args.compile)),
+                ('proxyless', 'the proxyless space: supernet step, memory, curvature; ProxylessNAS-G retraining',
+                 lambda: bench_proxyless(cfg, device))]
     for key, title, measure in sections:
         if key not in args.only:
             continue
@@ -370,7 +455,7 @@ def main(argv=None):
             show_curvature(report[key])
         report['seconds'] = time.perf_counter() - t0
         utils.write_text_atomic(out, json.dumps(report, indent=2) + '\n')      # what is measured is kept
-    if report['curvature']:
+    if report['curvature'] or report['proxyless']:
         report['projection'] = project(report, cfg)
         say()
         if args.quick:      # the toy network's rates: it checks the arithmetic, it predicts nothing

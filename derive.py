@@ -17,7 +17,10 @@ Two rules, both applied to the effective (coupled) gamma of every switch group:
 In the NAS-Bench-201 space (gamma.json's "space": "nb201") a cell has one op per edge: the threshold
 rule keeps the strongest surviving op of each edge, an edge with none is 'none', and the derived cell
 is printed as the benchmark's architecture string; --topk does not apply there, and --benchmark FILE
-prints the cell's accuracies from a table of the benchmark the user has.
+prints the cell's accuracies from a table of the benchmark the user has. The proxyless space derives
+each block's two half trees the same way (its cells are named by the network: b5h1 is half 1 of
+block 5, s2h0 half 0 of stage 2 when tied) and writes the whole network as a PyramidTreeNet config;
+a half may end up empty.
 
 Both rules respect the cell's dependency structure: nodes are visited in order, an edge is only
 kept when its source node is alive (an input, or an intermediate node with a kept incoming edge),
@@ -32,7 +35,9 @@ stay pruned, because their switches were not trained after that. Tables without 
 searches) are refused below the search's threshold rather than read as if nothing had been pruned.
 
 Writes genotype.json, genotype.py (a line that pastes into genotypes.py) and cell_normal.png,
-cell_reduce.png (NAS-Bench-201: genotype.json and cell.png), each atomically, and prints the literal and where the files went. The search's own
+cell_reduce.png (NAS-Bench-201: genotype.json and cell.png; proxyless: genotype.json and the
+cell_s*h*.png of the first block of each stage), each atomically, and prints the literal (proxyless:
+the network's size) and where the files went. The search's own
 rule (no flag, or --threshold equal to the search's) writes into RUN_DIR, as search.py did; any other
 rule writes into a folder of its own, RUN_DIR/derived-threshold-T or RUN_DIR/derived-topk-K, so that
 the search's genotype is never overwritten; --out DIR overrides either.
@@ -43,6 +48,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import genotypes
+import proxyless
 import spaces
 import utils
 
@@ -132,11 +138,19 @@ def _position(row, space):
     except (IndexError, ValueError):
         raise ValueError(f'gamma table row {key!r}: no "from->to" edge in its key') from None
     op = row['op'] if 'op' in row else (parts[2] if len(parts) > 2 else None)
-    if cell_type not in space.cell_types:
+    if space.cell_types is not None and cell_type not in space.cell_types:
         raise ValueError(f'gamma table row {key!r}: unknown cell type {cell_type!r}')
     if op is not None and op not in space.candidates:
         raise ValueError(f'gamma table row {key!r}: unknown operation {op!r}')
     return cell_type, src, dst, op
+
+
+def cell_types(rows, space=DARTS):
+    """The space's cell types, or where the network names its cells (proxyless), those of the rows in
+    their order."""
+    if space.cell_types is not None:
+        return space.cell_types
+    return tuple(dict.fromkeys(row.get('cell_type', str(row.get('key')).split('/')[0]) for row in rows))
 
 
 def cell_tables(rows, space=DARTS):
@@ -148,7 +162,7 @@ def cell_tables(rows, space=DARTS):
     for index, row in enumerate(rows):
         row_key(index, row)
         collected[_position(row, space)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned')))
-    tables = {t: {} for t in space.cell_types}
+    tables = {t: {} for t in cell_types(rows, space)}
     for (cell_type, src, dst, op), values in collected.items():
         entry = dict(gamma=sum(g for g, _ in values) / len(values), pruned=all(p for _, p in values))
         edge = tables[cell_type].setdefault((src, dst), dict(gamma=math.inf, pruned=False, ops={}))
@@ -210,7 +224,7 @@ def derive_cell(edges, cell_type, threshold=None, topk=None, space=DARTS):
         if dst in useful:
             useful.add(src)
     kept = [e for e in kept if e[2] in useful]
-    if not concat:
+    if not concat and not space.may_be_empty:
         rule = f'threshold {threshold:g}' if topk is None else f'topk {topk}'
         raise utils.UserError(f'the {cell_type} cell is empty under {rule}: no operation into any '
                               f'{"output" if space.outputs else "intermediate"} node survives (lower '
@@ -248,17 +262,18 @@ def _check_rule(threshold, topk):
         raise utils.UserError(f'--topk must be at least 1, got {topk}')
 
 
-def derive_from_table(rows, threshold=None, topk=None, notes=None, space=DARTS):
+def derive_from_table(rows, threshold=None, topk=None, notes=None, space=DARTS, net=None):
     """Genotype from gamma-table rows (gamma.json's "groups" or HardPrior.table()): exactly one of
     threshold (the BayesNAS rule) and topk (the DARTS-comparable rule). A list passed as notes
-    receives one line per cell that --topk 2 could not write as DARTS pairs."""
+    receives one line per cell that --topk 2 could not write as DARTS pairs. net: the supernet's
+    size (gamma.json's "net"), which the proxyless space needs to write its network."""
     _check_rule(threshold, topk)
     if topk is not None and space.one_op_per_edge:
         raise utils.UserError(f'--topk does not apply to the {space.name} space, whose nodes read every '
                               f'earlier node; its cells keep the strongest surviving op of each edge')
     tables = cell_tables(rows, space)
     cells = {}
-    for cell_type in space.cell_types:
+    for cell_type in tables:
         kept, concat = derive_cell(tables[cell_type], cell_type, threshold, topk, space)
         nodes = sorted({dst for _, dst in tables[cell_type]})
         pairs = _as_pairs(kept, nodes) if topk == 2 else None
@@ -266,8 +281,10 @@ def derive_from_table(rows, threshold=None, topk=None, notes=None, space=DARTS):
             notes.append(_triples_note(cell_type, _short_nodes(kept, nodes)))
         # Triples in the order of genotypes.cell_edges (node, source, op name); pairs in node order,
         # strongest input first, as DARTS writes them.
-        cells[cell_type] = (pairs, nodes) if pairs else (genotypes.cell_edges(kept), concat)
-    return space.genotype(cells)
+        cells[cell_type] = (pairs, nodes) if pairs else (genotypes.cell_edges(kept) if kept else [], concat)
+    if space.cell_types is None and net is None:
+        raise ValueError(f'a {space.name} gamma table needs the supernet\'s size (gamma.json\'s "net")')
+    return space.genotype(cells, net)
 
 
 def _doc_field(doc, field, check, what):
@@ -329,7 +346,8 @@ def derive(doc, threshold=None, topk=None, notes=None):
     _check_rule(threshold, topk)
     try:
         rows = doc['groups'] if topk is not None else rows_at(doc, threshold)
-        return derive_from_table(rows, threshold=threshold, topk=topk, notes=notes, space=space_of(doc))
+        return derive_from_table(rows, threshold=threshold, topk=topk, notes=notes, space=space_of(doc),
+                                 net=doc.get('net'))
     except ValueError as e:
         raise utils.UserError(str(e)) from e
 
@@ -363,9 +381,9 @@ def write_genotype(genotype, out_dir, note):
     written atomically; returns the line that names the genotype (spaces.describe)."""
     out_dir = output_dir(out_dir)
     line = spaces.describe(genotype)
-    text = genotypes.json_text(genotype)
+    text = proxyless.text(genotype) if isinstance(genotype, dict) else genotypes.json_text(genotype)
     _written(out_dir / 'genotype.json', lambda p: utils.write_text_atomic(p, text))
-    if not isinstance(genotype, str):
+    if not isinstance(genotype, (str, dict)):
         _written(out_dir / 'genotype.py', lambda p: utils.write_text_atomic(p, f'# {note}\n{line}\n'))
     return line
 
@@ -507,9 +525,9 @@ def _fit(fig, ax, pos, labels, concat, scale):
     with room above the highest arc for half the tallest label."""
     out_x = pos['out'][0]
     lowest = max([OUT_RAD * (out_x - pos[n][0]) / 2 for n in concat], default=0)
-    tallest = max(label.count('\n') + 1 for label in labels.values())
+    tallest = max((label.count('\n') + 1 for label in labels.values()), default=1)
     label_half = (tallest * 1.15 * LABEL_FONT + 2 * LABEL_PAD * LABEL_FONT) / 72 / 2 / scale
-    top = max(-ARC_RAD * (dst - src) / 2 for src, dst in labels) + label_half + 0.15
+    top = max((-ARC_RAD * (dst - src) / 2 for src, dst in labels), default=0) + label_half + 0.15
     bottom = -(lowest + 0.3)
     x0, x1 = -0.65, out_x + 0.65
     width, height = (x1 - x0) * scale, (top - bottom) * scale
@@ -526,9 +544,9 @@ def plot_cell(cell, concat, path, title, inputs=INPUTS):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.transforms import ScaledTranslation
-    edges = genotypes.cell_edges(cell)
+    edges = genotypes.cell_edges(cell) if cell else []      # a proxyless half may be empty
     fed = {dst for _, _, dst in edges}
-    last = max(fed | set(concat))
+    last = max(fed | set(concat) | set(inputs))
     pos = {**{n: (float(n), 0.0) for n in range(last + 1)}, 'out': (last + 1.0, 0.0)}
     labels = _edge_labels(edges)
     fig = Figure(dpi=DPI)
@@ -556,11 +574,12 @@ def plot_cell(cell, concat, path, title, inputs=INPUTS):
 def plot_genotype(genotype, out_dir):
     """The space's cell pictures (DARTS: cell_normal.png and cell_reduce.png; NAS-Bench-201: cell.png)
     in out_dir; returns their Figures by cell type."""
-    space = spaces.get('nb201' if isinstance(genotype, str) else 'darts')
+    space = spaces.space_of(genotype)
     figures = {}
     for file, cell_type, title in space.pictures:
-        edges, concat = spaces.cell_of(space, genotype, cell_type)
-        figures[cell_type] = plot_cell(edges, concat, Path(out_dir) / file, title, space.inputs)
+        cell = spaces.cell_of(space, genotype, cell_type)
+        if cell is not None:        # a proxyless network may have fewer stages
+            figures[cell_type] = plot_cell(*cell, Path(out_dir) / file, title, space.inputs)
     return figures
 
 
@@ -569,9 +588,11 @@ def plot_gamma(rows, path, threshold=None, space=DARTS):
     operation), one panel per cell type; pruned switches are grey with an x."""
     import numpy as np
     tables = cell_tables(rows, space)
+    if len(tables) > 4:
+        return _plot_gamma_cells(tables, path, threshold, space)
     columns = ['edge'] + space.candidates
-    fig = _figure(6.5 * len(space.cell_types), 6.5)
-    for k, cell_type in enumerate(space.cell_types):
+    fig = _figure(6.5 * len(tables), 6.5)
+    for k, cell_type in enumerate(tables):
         edges = sorted(tables[cell_type], key=lambda e: (e[1], e[0]))
         grid = np.full((len(edges), len(columns)), np.nan)
         for i, e in enumerate(edges):
@@ -579,7 +600,7 @@ def plot_gamma(rows, path, threshold=None, space=DARTS):
             for j, entry in enumerate([edge] + [edge['ops'].get(op) for op in space.candidates]):
                 if entry is not None and not entry['pruned'] and entry['gamma'] > 0:
                     grid[i, j] = math.log10(entry['gamma'])
-        ax = fig.add_subplot(1, len(space.cell_types), k + 1)
+        ax = fig.add_subplot(1, len(tables), k + 1)
         ax.set_facecolor('0.85')
         image = ax.imshow(grid, cmap='viridis', aspect='auto')
         for i, j in zip(*np.nonzero(np.isnan(grid))):
@@ -588,6 +609,33 @@ def plot_gamma(rows, path, threshold=None, space=DARTS):
         ax.set_yticks(range(len(edges)), [f'{s}->{d}' for s, d in edges], fontsize=8)
         ax.set_title(f'{cell_type}: log10 gamma' + (f' (threshold {threshold:g})' if threshold else ''))
         fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+
+
+def _plot_gamma_cells(tables, path, threshold, space):
+    """Heat map of a network of many cells (proxyless): one row per cell, one column per switch (each
+    edge's switch, then its operations)."""
+    import numpy as np
+    edges = sorted({e for table in tables.values() for e in table}, key=lambda e: (e[1], e[0]))
+    columns = [(e, op) for e in edges for op in [None] + space.candidates]
+    grid = np.full((len(tables), len(columns)), np.nan)
+    for i, table in enumerate(tables.values()):
+        for j, (e, op) in enumerate(columns):
+            entry = table.get(e)
+            entry = entry if entry is None or op is None else entry['ops'].get(op)
+            if entry is not None and not entry['pruned'] and entry['gamma'] > 0:
+                grid[i, j] = math.log10(entry['gamma'])
+    fig = _figure(max(8, 0.12 * len(columns)), max(4, 0.16 * len(tables) + 1.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_facecolor('0.85')        # pruned: grey
+    image = ax.imshow(grid, cmap='viridis', aspect='auto', interpolation='nearest')
+    ax.set_xticks([j for j, (_, op) in enumerate(columns) if op is None],
+                  [f'{s}->{d}' for s, d in edges], fontsize=8)
+    ax.set_yticks(range(len(tables)), list(tables), fontsize=6)
+    ax.set_title('log10 gamma: per cell, each edge switch then its ops' +
+                 (f' (threshold {threshold:g}); grey: pruned' if threshold else '; grey: pruned'))
+    fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
 

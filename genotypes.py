@@ -346,6 +346,8 @@ def load_file(path):
         raise ValueError(f'cannot read genotype file {path}: {e.strerror}') from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f'genotype file {path} is not valid JSON: {e}') from None
+    if isinstance(data, dict) and data.get('name') == 'PyramidTreeNet':
+        raise ValueError(f'{path} is a proxyless network config (PyramidTreeNet): pass --space proxyless')
     if isinstance(data, dict) and 'space' in data:
         if data.get('space') != 'nb201' or set(data) != {'space', 'arch'}:
             raise ValueError(f'genotype file {path}: a file with a "space" must be {{"space": "nb201", '

@@ -26,7 +26,8 @@ import torch.nn as nn
 
 import genotypes
 import hessian
-from operations import OPS, FactorizedReduce, ReLUConvBN, ResidualReduction
+import proxyless
+from operations import OPS, FactorizedReduce, ReLUConvBN, ResidualReduction, layer
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -93,11 +94,12 @@ class Cell(nn.Module):
     """A cell built from (op, from, to) edges; see the module docstring for the two modes.
 
     preprocess holds one module per input node (None for an input that no edge reads); stride-2 cells
-    (reduction) apply stride 2 to the edges out of the inputs."""
+    (reduction) apply stride 2 to the edges out of the inputs. The output nodes (`concat`) are
+    concatenated, or summed with merge='add' (the proxyless space's trees)."""
 
-    def __init__(self, edges, concat, C, preprocess, reduction=False, switches=False):
+    def __init__(self, edges, concat, C, preprocess, reduction=False, switches=False, merge='concat'):
         super().__init__()
-        self.reduction, self.switches, self.C = reduction, switches, C
+        self.reduction, self.switches, self.C, self.merge = reduction, switches, C, merge
         self.concat = list(concat)
         self.multiplier = len(self.concat)
         self.n_inputs = len(preprocess)
@@ -146,7 +148,9 @@ class Cell(nn.Module):
             y = edge(states[edge.src], live, drop_prob)
             states[edge.dst] = states[edge.dst] + y if edge.dst in states else y
         out = [states[j] if j in states else self._zeros(inputs[-1]) for j in self.concat]
-        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+        if len(out) == 1:
+            return out[0]
+        return _sum(out) if self.merge == 'add' else torch.cat(out, dim=1)
 
     def _zeros(self, x):
         """Zeros shaped like an intermediate node, from the last input x."""
@@ -208,9 +212,7 @@ class SwitchNetwork(nn.Module):
         """One dict per Switch, in named_modules order: name, cell, cell_type, src, dst, op (None for an
         edge switch) and key, the group key shared by the tied positions."""
         where = {}
-        for i, cell in enumerate(self.cells):
-            cell_type = 'reduce' if cell.reduction else 'normal'
-            prefix = cell_type if self.tie else f'cell{i}'
+        for i, (cell, (cell_type, prefix)) in enumerate(zip(self.cells, self.cell_names())):
             for edge in cell.edges:
                 edge_key = f'{prefix}/{edge.src}->{edge.dst}'
                 base = dict(cell=i, cell_type=cell_type, src=edge.src, dst=edge.dst)
@@ -218,6 +220,11 @@ class SwitchNetwork(nn.Module):
                 for name, sw in zip(edge.names, edge.op_switches):
                     where[sw] = dict(base, op=name, key=f'{edge_key}/{name}')
         return [dict(name=name, **where[m]) for name, m in self.named_modules() if isinstance(m, hessian.Switch)]
+
+    def cell_names(self):
+        """(cell_type, group key prefix) of each cell: a tied network's cells of one type share groups."""
+        types = ['reduce' if cell.reduction else 'normal' for cell in self.cells]
+        return [(t, t if self.tie else f'cell{i}') for i, t in enumerate(types)]
 
     def couplings(self):
         """(parent, inflow) between group keys: parent maps each op key to its edge key; inflow maps
@@ -466,6 +473,113 @@ class NB201Network(_NB201):
 
     def __init__(self, C, N, num_classes, arch, drop_path_prob=0.0):
         super().__init__(C, N, num_classes, genotypes.nb201_cell(arch), switches=False)
+        self.drop_path_prob = drop_path_prob
+
+    def forward(self, x):
+        return self.logits(x, self.drop_path_prob), None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The proxyless space: a PyramidNet of residual tree blocks, as supernet and from a network config
+# ----------------------------------------------------------------------------------------------------
+
+class TreeBlock(nn.Module):
+    """A ResidualTreeBlock (proxyless.py): shortcut(x) zero-padded in channels + final_bn(out_bottle(
+    cell(in_bottle(x)))). The cell is the root edge, a split of its channels into two halves, and a
+    tree Cell per half whose output is added to the half through a BatchNorm (branch BN)."""
+
+    def __init__(self, parts, halves):
+        super().__init__()
+        self.shortcut, self.in_bottle = layer(parts['shortcut']), layer(parts['in_bottle'])
+        self.root = layer(parts['root'])
+        self.halves = nn.ModuleList(halves)
+        C = parts['width']
+        self.branch_bns = nn.ModuleList(nn.BatchNorm2d(C) for _ in halves) if parts['branch_bn'] else None
+        self.out_bottle = layer(parts['out_bottle'])
+        self.final_bn = nn.BatchNorm2d(parts['channels']) if parts['final_bn'] else nn.Identity()
+        self.C = C
+
+    def forward(self, x, drop_prob=0.):
+        shortcut = self.shortcut(x)
+        parts = torch.split(self.root(self.in_bottle(x)), self.C, dim=1)
+        outs = []
+        for k, (half, h) in enumerate(zip(self.halves, parts)):
+            y = half(h)
+            outs.append(h + self.branch_bns[k](y) if self.branch_bns is not None else y)
+        y = self.final_bn(self.out_bottle(_sum(outs)))
+        if self.training and drop_prob > 0:
+            y = drop_path(y, drop_prob)
+        n, c, hgt, wid = y.shape
+        if shortcut.shape[1] < c:
+            shortcut = torch.cat([shortcut, shortcut.new_zeros(n, c - shortcut.shape[1], hgt, wid)], dim=1)
+        return shortcut + y
+
+
+class _PyramidTreeNet(nn.Module):
+    """The network of parsed config units (proxyless.parse); make_half(edges, leaves, C) builds the
+    Cell of one half. Drop-path, when asked for, drops whole residual branches of blocks, with a
+    probability that grows linearly with depth up to drop_prob."""
+
+    def __init__(self, units, make_half):
+        super().__init__()
+        blocks = []
+        for kind, unit in units[:-1]:
+            if kind == 'layers':
+                blocks.append(nn.Sequential(*(layer(cfg) for cfg in unit)))
+            else:
+                blocks.append(TreeBlock(unit, [make_half(edges, leaves, unit['width']) for edges, leaves in unit['halves']]))
+        self.blocks = nn.ModuleList(blocks)
+        self.classifier = layer(units[-1][1])
+        self.trees = [b for b in self.blocks if isinstance(b, TreeBlock)]     # views, not submodules
+        self.cells = [half for b in self.trees for half in b.halves]
+
+    def logits(self, x, drop_prob=0.):
+        depth = 0
+        for block in self.blocks:
+            if isinstance(block, TreeBlock):
+                depth += 1
+                x = block(x, drop_prob * depth / len(self.trees))
+            else:
+                x = block(x)
+        return self.classifier(x.flatten(1))
+
+
+def _tree_cell(edges, leaves, C, switches):
+    # The trees' ZeroLayer edges compute nothing: the ops after them read zeros (Cell's rule for a
+    # node without input).
+    return Cell([e for e in edges if e[0] != 'none'], leaves, C, [nn.Identity()], switches=switches, merge='add')
+
+
+class ProxylessSearch(SwitchNetwork, _PyramidTreeNet):
+    """The proxyless supernet: the PyramidNet of tree blocks (N per stage, widths from C by alpha) with
+    every candidate op on every edge of every half tree, behind switches (returns logits). Untied
+    (default, as in the published network) every block has its own cells; tied, the blocks of a stage
+    share the switch groups of each half."""
+
+    def __init__(self, C=16, N=18, num_classes=10, tie=False, alpha=84):
+        config = proxyless.network_config(C, alpha, N, [[proxyless.template()] * 2] * (3 * N), num_classes)
+        edges = [(op, s, d) for s, d in proxyless.TEMPLATE for op in proxyless.CANDIDATES]
+        super().__init__(proxyless.parse(config), lambda _, leaves, C_half: _tree_cell(edges, leaves, C_half, True))
+        self.tie, self.N = tie, N
+
+    def cell_names(self):
+        names = []
+        for i in range(len(self.cells)):
+            block, half = divmod(i, 2)
+            name = f's{block // self.N + 1}h{half}' if self.tie else f'b{block + 1}h{half}'
+            names.append((name, name))
+        return names
+
+    def forward(self, x):
+        return self.logits(x)
+
+
+class ProxylessNetwork(_PyramidTreeNet):
+    """The network of a PyramidTreeNet config (a dict in the format proxyless.py reads); forward
+    returns (logits, None) as the other retrained networks do."""
+
+    def __init__(self, config, drop_path_prob=0.0):
+        super().__init__(proxyless.parse(config), lambda edges, leaves, C: _tree_cell(edges, leaves, C, False))
         self.drop_path_prob = drop_path_prob
 
     def forward(self, x):

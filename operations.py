@@ -1,10 +1,11 @@
-"""Candidate operations of the cells, with the module structure and parameter counts of DARTS and
-NAS-Bench-201 (whose 'nor_conv' ops and residual reduction block are here too).
+"""Candidate operations of the cells, with the module structure and parameter counts of DARTS,
+NAS-Bench-201 (its 'nor_conv' ops and residual reduction block) and the proxyless space (its
+depthwise-separable convs, and `layer`, the module of any layer of a PyramidTreeNet config).
 
     OPS[name](C, stride, affine) -> nn.Module mapping C channels to C channels (spatial size halved when
     stride is 2).
 
-Every nonlinearity is an nn.ReLU module and every op is built only from Conv2d, BatchNorm2d, ReLU,
+Every nonlinearity is an nn.ReLU module and every candidate op is built only from Conv2d, BatchNorm2d, ReLU,
 MaxPool2d, AvgPool2d, nn.Identity and Zero, so that a layer-wise curvature recursion that walks leaf
 modules sees every step of the computation (functional calls such as F.relu would be invisible to it).
 Self-contained: copy it into any project.
@@ -120,6 +121,80 @@ class Zero(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
+# The layers of PyramidTreeNet configs (the proxyless space; proxyless.py reads and checks the format)
+# ----------------------------------------------------------------------------------------------------
+
+class ChannelShuffle(nn.Module):
+    """Interleave the channels of `groups` groups, so that the next group conv mixes them."""
+
+    def __init__(self, groups):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def depth_conv(C_in, C_out, kernel_size, stride=1, dilation=1, groups=1, bias=False):
+    """A depthwise k x k conv ('same' padding) followed by a pointwise conv."""
+    return [nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=dilation * (kernel_size // 2),
+                      dilation=dilation, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, groups=groups, bias=bias)]
+
+
+def layer(cfg, affine=True):
+    """The module of a layer config: its weight (conv, depthwise-separable conv, pooling, identity,
+    linear), BatchNorm and ReLU in the config's ops_order; BatchNorm normalises the weight's input
+    when it comes first ('bn_act_weight', pre-activation) and its output otherwise."""
+    name = cfg['name']
+    if name == 'ZeroLayer':
+        return Zero(cfg['stride'])
+    if name == 'LinearLayer':
+        C_in, C_out = cfg['in_features'], cfg['out_features']
+        weight = [nn.Linear(C_in, C_out, bias=cfg['bias'])]
+        norm = nn.BatchNorm1d
+    else:
+        C_in, C_out = cfg['in_channels'], cfg['out_channels']
+        norm = nn.BatchNorm2d
+        k, stride = cfg.get('kernel_size'), cfg.get('stride')
+        if name == 'ConvLayer':
+            weight = [nn.Conv2d(C_in, C_out, k, stride=stride, padding=cfg['dilation'] * (k // 2),
+                                dilation=cfg['dilation'], groups=cfg['groups'], bias=cfg['bias'])]
+        elif name == 'DepthConvLayer':
+            weight = depth_conv(C_in, C_out, k, stride, cfg['dilation'], cfg['groups'], cfg['bias'])
+        elif name == 'PoolingLayer':
+            padding = k // 2 if stride == 1 else 0
+            weight = [nn.AvgPool2d(k, stride, padding, count_include_pad=False) if cfg['pool_type'] == 'avg'
+                      else nn.MaxPool2d(k, stride, padding)]
+        else:
+            weight = []
+        if cfg.get('has_shuffle') and cfg['groups'] > 1:
+            weight.append(ChannelShuffle(cfg['groups']))
+    if cfg['dropout_rate'] > 0:
+        weight.insert(0, nn.Dropout(cfg['dropout_rate']))
+    order = cfg['ops_order'].split('_')
+    parts = []
+    for part in order:
+        if part == 'bn' and cfg['use_bn']:
+            parts.append(norm(C_in if order.index('bn') < order.index('weight') else C_out, affine=affine))
+        elif part == 'act' and cfg['act_func'] == 'relu':
+            parts.append(nn.ReLU(inplace=False))       # its input may be read by another branch
+        elif part == 'weight':
+            parts += weight
+    return parts[0] if len(parts) == 1 else nn.Sequential(*parts) if parts else nn.Identity()
+
+
+class PreDepthConv(nn.Sequential):
+    """BN -> ReLU -> depthwise-separable conv: the proxyless space's convolutions (DepthConvLayer
+    with ops_order bn_act_weight)."""
+
+    def __init__(self, C, kernel_size, dilation, affine=True):
+        super().__init__(nn.BatchNorm2d(C, affine=affine), nn.ReLU(inplace=False),
+                         *depth_conv(C, C, kernel_size, dilation=dilation))
+
+
+# ----------------------------------------------------------------------------------------------------
 # Registry
 # ----------------------------------------------------------------------------------------------------
 
@@ -142,4 +217,9 @@ OPS = {
         nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
         nn.BatchNorm2d(C, affine=affine),
     ),
+    # The proxyless space's depthwise-separable convolutions (stride 1 only: its cells do not reduce).
+    'dw_conv_3x3': lambda C, stride, affine: PreDepthConv(C, 3, 1, affine),
+    'dw_conv_5x5': lambda C, stride, affine: PreDepthConv(C, 5, 1, affine),
+    'dw_conv_7x7': lambda C, stride, affine: PreDepthConv(C, 7, 1, affine),
+    'dil_dw_conv_3x3': lambda C, stride, affine: PreDepthConv(C, 3, 2, affine),
 }

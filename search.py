@@ -2,6 +2,7 @@
 
     python search.py --gpu 0                                 # the default search (lambda 0.002)
     python search.py --space nb201 --benchmark TABLE.csv     # a NAS-Bench-201 cell, looked up
+    python search.py --space proxyless --gpu 0               # tree cells in the retrained PyramidNet
     python search.py --lambda 0.01 --save runs/search-l01    # a sparser cell
     python search.py --save runs/search-l01 --resume         # continue an interrupted search
     python derive.py runs/search-l01 --topk 2                # a DARTS-comparable cell afterwards
@@ -18,8 +19,10 @@ The protocol (the paper's Algorithm 1 where it states one):
   3. derivation: every op that survived, where it lies on a path from an input to the output
      (derive.py), printed as a Python literal for genotypes.py; in the NAS-Bench-201 space
      (--space nb201, spaces.py) the strongest surviving op of each edge, printed as the benchmark's
-     architecture string on the last line. A cell the threshold would leave
-     empty keeps its single most relevant operation, and the log says so.
+     architecture string on the last line; in the proxyless space (--space proxyless) the strongest
+     surviving op of each edge of every block's trees, written as the network's PyramidTreeNet config
+     (proxyless.py). A cell the threshold would leave empty keeps its single most relevant
+     operation, and the log says so (a proxyless half may be empty: its block still computes).
 The weights train with SGD, momentum 0.9, a fixed learning rate 0.1 and weight decay 1e-4, as in the
 paper. The prior starts at gamma = omega = 1. The two parts of the training set are disjoint and the
 test set is never read.
@@ -45,7 +48,9 @@ Run directory (--save, default runs/search-TIME): log.txt, args.json, metrics.js
 (per switch group by cell type, edge and op: gamma, omega, curvature per member, posterior variance,
 switch values, relevance = sum h w^2 / lambda, and for pruned groups the gamma and iteration at which
 they went), gamma.png (heat map of gamma per edge and op), curves.png, and after the last iteration
-genotype.json, genotype.py, cell_normal.png and cell_reduce.png (nb201: genotype.json and cell.png).
+genotype.json, genotype.py, cell_normal.png and cell_reduce.png (nb201: genotype.json and cell.png;
+proxyless: genotype.json, the network's config, and cell_s{1,2,3}h{0,1}.png, the two halves of the
+first block of each stage).
 """
 import argparse
 import itertools
@@ -60,6 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import derive
+import model_search
 import spaces
 import utils
 from hessian import METHODS, RULES, ProxAdam, switch_curvature
@@ -78,22 +84,27 @@ def build_parser():
     p = utils.Parser('search.py', description='BayesNAS search of a CIFAR-10 cell (see the module '
                                               'docstring).')
     p.add_argument('--space', choices=spaces.NAMES, default='darts', help="search space: DARTS's cells "
-                   "(default) or NAS-Bench-201's (spaces.py)")
+                   "(default), NAS-Bench-201's, or the proxyless space's tree cells in the retrained "
+                   'PyramidNet itself (spaces.py)')
     p.add_argument('--data', default='data', help='folder holding cifar-10-batches-py (default: data)')
     p.add_argument('--download', action='store_true', help='download CIFAR-10 into --data if missing')
-    p.add_argument('--batch_size', type=int, default=64, help='batch size (paper: 18, limited by its '
-                   'cached feature maps; default 64)')
+    p.add_argument('--batch_size', type=int, default=None, help='batch size (default: 64; proxyless: '
+                   '32, as the paper)')
     p.add_argument('--learning_rate', type=float, default=0.1, help='fixed SGD learning rate (0.1)')
     p.add_argument('--momentum', type=float, default=0.9, help='SGD momentum (0.9)')
     p.add_argument('--weight_decay', type=float, default=1e-4, help='weight decay of the network '
                    'weights, not the switches (1e-4)')
     p.add_argument('--grad_clip', type=float, default=5.0, help='gradient norm clip of the weights, '
                    '0 for none (5)')
-    p.add_argument('--init_channels', type=int, default=16, help='channels of the first cells (16)')
+    p.add_argument('--init_channels', type=int, default=16, help='channels of the first cells; '
+                   'proxyless: of the stem, where the widths start (16)')
     p.add_argument('--layers', type=int, default=None, help='cells in the supernet (darts: 8) or per stage '
-                   '(nb201: 5, as the benchmark)')
-    p.add_argument('--untie', action='store_true', help='one switch group per cell instead of one per '
-                   'position shared by all cells of a type (cells may then differ)')
+                   '(nb201: 5, as the benchmark; proxyless: 18 tree blocks, as the published network)')
+    p.add_argument('--alpha', type=int, default=None, help='proxyless: PyramidNet widening, the cell width '
+                   'grows by alpha over the network (84, as the published network)')
+    p.add_argument('--tie', action=argparse.BooleanOptionalAction, default=None, help='one switch group '
+                   'per position, shared by the cells of a type (proxyless: by the blocks of a stage); '
+                   '--no-tie: one per cell, so that cells may differ (default: tied; proxyless: not)')
     p.add_argument('--cutout', action=argparse.BooleanOptionalAction, default=True,
                    help='cutout during the warm-up, as in the paper (default: on)')
     p.add_argument('--cutout_length', type=int, default=16, help='cutout square side (16)')
@@ -152,8 +163,14 @@ def check_args(a):
         (0 <= a.momentum < 1, f'--momentum must be in [0, 1), got {a.momentum}'),
         (a.weight_decay >= 0, f'--weight_decay must be >= 0, got {a.weight_decay}'),
         (a.grad_clip >= 0, f'--grad_clip must be >= 0 (0: no clipping), got {a.grad_clip}'),
-        (a.init_channels >= 2 and a.init_channels % 2 == 0 or a.space != 'darts' and a.init_channels >= 1,
-         f'--init_channels must be even and positive (FactorizedReduce halves it), got {a.init_channels}'),
+        (a.init_channels >= 2 and a.init_channels % 2 == 0 or a.space == 'nb201' and a.init_channels >= 1,
+         f'--init_channels must be even and positive (FactorizedReduce halves it), got {a.init_channels}'
+         if a.space == 'darts' else f'--init_channels must be even and positive, got {a.init_channels}'),
+        (a.alpha is None or a.space == 'proxyless', f'--alpha applies to --space proxyless only'),
+        (a.space != 'proxyless' or a.alpha is None or a.alpha >= 0, f'--alpha must be >= 0, got {a.alpha}'),
+        (a.space != 'proxyless' or a.hessian != 'recursive',
+         "--hessian recursive walks the DARTS and NAS-Bench-201 supernets only; the proxyless space's "
+         'residual blocks need fisher or ggn'),
         (a.layers >= 3 or a.space != 'darts' and a.layers >= 1,
          f'--layers must be at least 3 (two of them are reduction cells), got {a.layers}'
          if a.space == 'darts' else f'--layers (cells per stage) must be at least 1, got {a.layers}'),
@@ -179,11 +196,21 @@ def check_args(a):
 
 
 def space_defaults(a):
-    """Fill in the flags whose default depends on --space (--layers, --lambda)."""
+    """Fill in the flags whose default depends on --space (--layers, --lambda, --batch_size, --tie,
+    --alpha)."""
     space = spaces.get(a.space)
     a.layers = space.layers if a.layers is None else a.layers
     a.lam = space.lam if a.lam is None else a.lam
+    a.batch_size = space.batch_size if a.batch_size is None else a.batch_size
+    a.tie = space.tie if a.tie is None else a.tie
+    if a.space == 'proxyless' and a.alpha is None:
+        a.alpha = 84
     return a
+
+
+def net_of(a):
+    """The supernet's size as spaces.Space.supernet takes it (and gamma.json records it)."""
+    return dict(C=a.init_channels, layers=a.layers, alpha=a.alpha, classes=10, tie=a.tie)
 
 
 def lambdas(a):
@@ -241,7 +268,7 @@ class Search:
         self.cuda = device.type == 'cuda'
         utils.set_seed(args.seed)
         self.space = spaces.get(args.space)
-        self.model = self.space.supernet(args.init_channels, args.layers, 10, not args.untie).to(device)
+        self.model = self.space.supernet(net_of(args)).to(device)
         if self.cuda and args.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.prior = self.model.build_prior(*lambdas(args))
@@ -378,11 +405,12 @@ class Search:
         self.relevance = relevance(before)
         self.norm_at_update = {r['key']: r['norm'] for r in before}
         newly = self.prior.prune(args.threshold)
-        live = count_live_ops(gamma_rows(self.model, self.prior), self.space.cell_types)
+        rows = gamma_rows(self.model, self.prior)
+        live = count_live_ops(rows, derive.cell_types(rows, self.space))
         summary = dict(iteration=iteration + 1, curvature_s=seconds, pruned=len(newly),
                        live_groups=int((~self.prior.pruned).sum()), groups=len(self.prior.keys),
                        live_ops=live)
-        left = ', '.join(f'{t} {live[t]}/{live[t + "_total"]}' for t in self.space.cell_types)
+        left = ops_left(live)
         self.run.log(f'search iteration {iteration + 1}: {args.hessian} curvature on '
                      f'{args.hessian_batches} batches in {utils.format_time(seconds)}; pruned {len(newly)} '
                      f'switch groups, {summary["live_groups"]}/{summary["groups"]} live; ops left: {left}')
@@ -412,6 +440,16 @@ def relevance(rows):
 
 def phase_name(kind, epoch):
     return f'warmup {epoch + 1}' if kind == 'warmup' else f'search iteration {epoch + 1}'
+
+
+def ops_left(live):
+    """'normal 40/98, reduce 37/98'; for a network of many cells, the total and the range per cell."""
+    types = [k for k in live if not k.endswith('_total')]
+    if len(types) <= 4:
+        return ', '.join(f'{t} {live[t]}/{live[t + "_total"]}' for t in types)
+    counts = [live[t] for t in types]
+    return (f'{sum(counts)}/{sum(live[t + "_total"] for t in types)} in {len(types)} cells '
+            f'({min(counts)}-{max(counts)} per cell)')
 
 
 def count_live_ops(rows, cell_types=derive.CELL_TYPES):
@@ -448,7 +486,8 @@ def write_gamma(search, iteration):
     for row in rows:
         row.update(relevance=search.relevance[row['key']], norm_at_update=search.norm_at_update[row['key']])
     doc = dict(space=args.space, threshold=args.threshold, lambda_origin=lam_origin, lambda_child=lam_child,
-               hessian=args.hessian, update=args.update, iteration=iteration + 1, tied=not args.untie, groups=rows)
+               hessian=args.hessian, update=args.update, iteration=iteration + 1, tied=args.tie, net=net_of(args),
+               groups=rows)
     if iteration + 1 == args.iterations:
         for line in rescue_empty_cells(doc):
             search.run.log(line)
@@ -463,8 +502,10 @@ def rescue_empty_cells(doc):
     among those the last update pruned. Marks those rows (and their edges) alive in doc; returns what
     it says."""
     space = derive.space_of(doc)
+    if space.may_be_empty:
+        return []
     said, tables = [], derive.cell_tables(doc['groups'], space)
-    for cell_type in space.cell_types:
+    for cell_type in tables:
         try:
             derive.derive_cell(tables[cell_type], cell_type, threshold=doc['threshold'], space=space)
             continue
@@ -522,6 +563,8 @@ def configure(argv):
     if not isinstance(state.get('args'), dict):
         raise utils.UserError(f'{path} is not a checkpoint of search.py (it holds no arguments)')
     stored = argparse.Namespace(**utils.resumed_args(parser, state['args'], given, RUN_FLAGS))
+    if stored.tie is None:      # a checkpoint of the days of --untie
+        stored.tie = not state['args'].get('untie', False)
     check_args(stored)
     return stored, state
 
@@ -582,6 +625,10 @@ def main(argv=None):
     if args.benchmark is not None:
         run.log(derive.lookup(args.benchmark, genotype))
     files = ', '.join(derive.outputs(search.space))
+    if args.space == 'proxyless':
+        net = model_search.ProxylessNetwork(genotype)
+        run.log(f'derived network: {utils.count_params(net) / 1e6:.3f}M parameters, '
+                f'{utils.count_macs(net, (3, 32, 32)) / 1e6:.1f}M multiply-adds per image')
     run.log(f'derived {"genotype" if args.space == "darts" else "architecture"} ({files}):\n{literal}')
     return dict(genotype=genotype, history=search.history, seconds=total, save=args.save)
 

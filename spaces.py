@@ -4,6 +4,9 @@
             candidate ops on each of the 14 edges; normal and reduction cells in a stack of cells.
     nb201   NAS-Bench-201's cell: one input node, three nodes, the last one the output, four candidate
             ops on each of the 6 edges; one cell, in three stages joined by residual blocks.
+    proxyless  the tree cells of Path-Level EAS in every residual block of a PyramidNet, searched in
+            the network that is retrained (no proxy): seven candidate ops on each of the 6 edges of
+            each of the two half trees of a block; every block its own cells (proxyless.py).
 
 Both are served by one cell implementation (model_search.Cell) in both uses, supernet and retrained
 network. To add a space: its operations to operations.OPS, its genotype format to genotypes.py, its
@@ -14,6 +17,7 @@ from typing import Callable, NamedTuple, Optional
 
 import genotypes
 import model_search
+import proxyless
 
 
 class Space(NamedTuple):
@@ -21,40 +25,67 @@ class Space(NamedTuple):
     candidates: list                # the ops behind op switches on every edge, in switch order
     inputs: tuple                   # a cell's input nodes
     outputs: Optional[tuple]        # the nodes that form a cell's output; None: every live node
-    cell_types: tuple               # the cells of a tied supernet, one set of switch groups each
+    cell_types: Optional[tuple]     # the cells of a tied supernet, one set of switch groups each;
+                                    # None: the network names its cells (gamma.json's cell_type)
+    tie: bool                       # default of search.py --tie
     one_op_per_edge: bool           # derivation keeps the strongest surviving op of an edge, or all
+    may_be_empty: bool              # a cell may lose every op (its block still computes)
     layers: int                     # default --layers of the search
     layers_means: str               # what --layers counts
+    batch_size: int                 # default --batch_size of the search
     lam: float                      # default --lambda of the search (README: how it was chosen)
-    supernet: Callable              # (C, layers, num_classes, tie) -> model_search.SwitchNetwork
-    genotype: Callable              # {cell_type: (kept (op, from, to), concat)} -> the space's genotype
+    supernet: Callable              # net (dict: C, layers, alpha, classes, tie) -> model_search.SwitchNetwork
+    genotype: Callable              # ({cell_type: (kept (op, from, to), concat)}, net) -> the space's genotype
     pictures: tuple                 # the cell pictures derive.py draws: (file, cell_type, title)
 
 
-def _darts_genotype(cells):
+def _darts_genotype(cells, net):
     return genotypes.Genotype(normal=cells['normal'][0], normal_concat=cells['normal'][1],
                               reduce=cells['reduce'][0], reduce_concat=cells['reduce'][1])
 
 
-def _nb201_genotype(cells):
+def _nb201_genotype(cells, net):
     return genotypes.nb201_string(cells['normal'][0])
+
+
+def _proxyless_genotype(cells, net):
+    """The network config of the derived trees: pruned template edges become ZeroLayers."""
+    N = net['layers']
+
+    def half(block, k):
+        name = f's{block // N + 1}h{k}' if net['tie'] else f'b{block + 1}h{k}'
+        kept = {(s, d): op for op, s, d in cells[name][0]}
+        return [(kept.get((s, d), 'none'), s, d) for s, d in proxyless.TEMPLATE]
+
+    trees = [[half(block, k) for k in range(2)] for block in range(3 * N)]
+    return proxyless.network_config(net['C'], net['alpha'], N, trees, net['classes'])
 
 
 SPACES = {
     'darts': Space(
         name='darts', candidates=genotypes.CANDIDATES, inputs=(0, 1), outputs=None,
-        cell_types=('normal', 'reduce'), one_op_per_edge=False, layers=8, layers_means='cells',
-        lam=0.002,
-        supernet=lambda C, layers, num_classes, tie: model_search.Network(C, num_classes, layers, tie=tie),
+        cell_types=('normal', 'reduce'), tie=True, one_op_per_edge=False, may_be_empty=False,
+        layers=8, layers_means='cells', batch_size=64, lam=0.002,
+        supernet=lambda net: model_search.Network(net['C'], net['classes'], net['layers'], tie=net['tie']),
         genotype=_darts_genotype,
         pictures=(('cell_normal.png', 'normal', 'normal cell'), ('cell_reduce.png', 'reduce', 'reduce cell'))),
     'nb201': Space(
         name='nb201', candidates=genotypes.NB201_CANDIDATES, inputs=(0,), outputs=(genotypes.NB201_NODES - 1,),
-        cell_types=('normal',), one_op_per_edge=True, layers=5, layers_means='cells per stage',
-        lam=0.005,
-        supernet=lambda C, layers, num_classes, tie: model_search.NB201Search(C, layers, num_classes, tie=tie),
+        cell_types=('normal',), tie=True, one_op_per_edge=True, may_be_empty=False,
+        layers=5, layers_means='cells per stage', batch_size=64, lam=0.005,
+        supernet=lambda net: model_search.NB201Search(net['C'], net['layers'], net['classes'], tie=net['tie']),
         genotype=_nb201_genotype,
         pictures=(('cell.png', 'normal', 'NAS-Bench-201 cell'),)),
+    # The paper's proxyless settings: batch 32, lr 0.1. lambda: nb201's, not calibrated here (README).
+    'proxyless': Space(
+        name='proxyless', candidates=proxyless.CANDIDATES, inputs=(0,), outputs=tuple(proxyless.LEAVES),
+        cell_types=None, tie=False, one_op_per_edge=True, may_be_empty=True,
+        layers=18, layers_means='blocks per stage', batch_size=32, lam=0.005,
+        supernet=lambda net: model_search.ProxylessSearch(net['C'], net['layers'], net['classes'], net['tie'],
+                                                          net['alpha']),
+        genotype=_proxyless_genotype,
+        pictures=tuple((f'cell_s{s}h{k}.png', f's{s}h{k}', f'stage {s}, first block, half {k}')
+                       for s in (1, 2, 3) for k in (0, 1))),
 }
 NAMES = tuple(SPACES)
 
@@ -66,13 +97,36 @@ def get(name):
     return SPACES[name]
 
 
+def space_of(genotype):
+    """The space a genotype belongs to, from its type."""
+    if isinstance(genotype, str):
+        return SPACES['nb201']
+    return SPACES['proxyless'] if isinstance(genotype, dict) else SPACES['darts']
+
+
 def cell_of(space, genotype, cell_type):
-    """(edges as (op, from, to), concat) of one cell of a genotype of the space."""
+    """(edges as (op, from, to), concat) of one cell of a genotype of the space. In the proxyless space
+    the cell 'b5h1' is half 1 of tree block 5 and 's2h0' half 0 of the first block of stage 2."""
     if space.name == 'nb201':
         return genotypes.nb201_cell(genotype), list(model_search.NB201_OUTPUT)
+    if space.name == 'proxyless':
+        blocks = [u for kind, u in proxyless.parse(genotype) if kind == 'tree']
+        index, half = int(cell_type[1:cell_type.index('h')]), int(cell_type[-1])
+        if cell_type[0] == 's':     # a stage starts at the first block and where the shortcut pools
+            starts = [i for i, b in enumerate(blocks) if i == 0 or b['shortcut']['name'] == 'PoolingLayer']
+            index = starts[index - 1] + 1 if index <= len(starts) else None
+        if index is None or not 1 <= index <= len(blocks):
+            return None
+        edges, leaves = blocks[index - 1]['halves'][half]
+        return [e for e in edges if e[0] != 'none'], leaves
     return genotypes.cell_edges(getattr(genotype, cell_type)), list(getattr(genotype, f'{cell_type}_concat'))
 
 
 def describe(genotype):
-    """The line that names a genotype: a Python literal for genotypes.py, or the benchmark's string."""
+    """The line that names a genotype: a Python literal for genotypes.py, the benchmark's string, or
+    the size of a proxyless network's trees."""
+    if isinstance(genotype, dict):
+        trees = [u for kind, u in proxyless.parse(genotype) if kind == 'tree']
+        ops = sum(op != 'none' for b in trees for edges, _ in b['halves'] for op, _, _ in edges)
+        return f'PyramidTreeNet: {len(trees)} tree blocks, {ops} operations on their {12 * len(trees)} edges'
     return genotype if isinstance(genotype, str) else genotypes.to_literal(genotype)

@@ -4,6 +4,7 @@
     python train.py --genotype runs/search-x/genotype.json   # a cell derived by derive.py
     python train.py --dataset imagenet --data /data/imagenet --arch BayesNAS_0_01
     python train.py --space nb201 --arch '|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|none~2|'
+    python train.py --space proxyless --arch ProxylessNAS_G  # the published network of the proxyless space
     torchrun --nproc_per_node 8 train.py --arch DARTS_V2     # data parallel, one process per GPU
     python train.py --save runs/train-x --resume             # continue an interrupted run
     python train.py --eval_only runs/train-x/model.pt        # test accuracy of a trained network
@@ -15,7 +16,12 @@ batch 128, lr 0.1 multiplied by 0.97 every epoch, weight decay 3e-5, 48 channels
 smoothing 0.1, auxiliary head, no drop-path. --space nb201 trains a NAS-Bench-201 cell (an architecture
 string, or a genotype.json of an nb201 search) with the recipe behind the benchmark's table: 200
 epochs, batch 256, SGD with Nesterov momentum 0.9, lr 0.1 cosine to 0, weight decay 5e-4, random crop
-and flip, nothing else (16 channels, 5 cells per stage). Every knob is a flag (DARTS's names).
+and flip, nothing else (16 channels, 5 cells per stage). --space proxyless trains a PyramidTreeNet
+network config (ProxylessNAS_G, or the genotype.json of a proxyless search: proxyless.py) with the
+recipe of Path-Level EAS: 300 epochs, batch 64, SGD with Nesterov momentum 0.9, lr 0.1 cosine to 0,
+weight decay 1e-4, cutout 16, no auxiliary head and no drop-path (the longer variant: --epochs 600
+--drop_path_prob P, which drops whole residual branches, more often deeper in the network). Every
+knob is a flag (DARTS's names).
 
 Speed on CUDA. bf16 autocast (--amp) is on for ImageNet but off for CIFAR-10, where a step at batch 96
 is paced by kernel launches rather than arithmetic and the casts cost more than they save; channels-last
@@ -60,9 +66,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import genotypes
+import proxyless
 import spaces
 import utils
-from model_search import NB201Network, NetworkCIFAR, NetworkImageNet
+from model_search import NB201Network, NetworkCIFAR, NetworkImageNet, ProxylessNetwork
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +98,12 @@ SPACE_DEFAULTS = {
     'nb201': dict(arch=None, epochs=200, batch_size=256, learning_rate=0.1, lr_schedule='cosine',
                   nesterov=True, weight_decay=5e-4, init_channels=16, layers=5, auxiliary=False, cutout=False,
                   drop_path_prob=0.0, grad_clip=0.0),
+    # Path-Level EAS's recipe for its tree-cell PyramidNets (the network config fixes width and depth).
+    'proxyless': dict(arch='ProxylessNAS_G', init_channels=None, layers=None, epochs=300, batch_size=64, learning_rate=0.1, lr_schedule='cosine',
+                      nesterov=True, weight_decay=1e-4, auxiliary=False, cutout=True, drop_path_prob=0.0,
+                      grad_clip=0.0),
 }
+PROXYLESS_NAMES = {'ProxylessNAS_G': proxyless.proxylessnas_g}
 
 # Flags that say where and how fast a run executes, not what it computes: a resumed run may change
 # them. Every other flag of a resumed run comes from its checkpoint.
@@ -111,8 +123,11 @@ def _default(name):
     else:
         cifar, imagenet = DATASET_DEFAULTS['cifar10'][name], DATASET_DEFAULTS['imagenet'][name]
         text = f'default: {cifar}' if cifar == imagenet else f'default: {cifar} on CIFAR-10, {imagenet} on ImageNet'
-    nb201 = SPACE_DEFAULTS['nb201']
-    return text + (f'; {nb201[name]} with --space nb201' if name in nb201 and name != 'arch' else '')
+    for space in ('nb201', 'proxyless'):
+        own = SPACE_DEFAULTS[space]
+        if name in own and name != 'arch' and own[name] is not None and own[name] != DATASET_DEFAULTS['cifar10'].get(name, COMMON_DEFAULTS.get(name)):
+            text += f'; {own[name]} with --space {space}'
+    return text
 
 
 def build_parser():
@@ -121,15 +136,18 @@ def build_parser():
     p = utils.Parser('train.py', description='Retrain a cell genotype from scratch and report its test '
                                              'accuracy.', argument_default=argparse.SUPPRESS)
     d = _default
-    p.add_argument('--space', choices=spaces.NAMES, help="the cell's search space: darts genotypes, or "
-                   'NAS-Bench-201 architecture strings trained with the benchmark\'s recipe (' + d('space') + ')')
+    p.add_argument('--space', choices=spaces.NAMES, help="the cell's search space: darts genotypes, "
+                   "NAS-Bench-201 architecture strings trained with the benchmark's recipe, or proxyless "
+                   'network configs trained with the recipe of Path-Level EAS (' + d('space') + ')')
     p.add_argument('--dataset', choices=sorted(DATASET_DEFAULTS), help=d('dataset'))
     p.add_argument('--data', help='CIFAR-10: the folder holding cifar-10-batches-py; ImageNet: the '
                                   'folder holding train/ and val/ (' + d('data') + ')')
     p.add_argument('--download', action='store_true', help='download CIFAR-10 if it is missing')
     p.add_argument('--arch', help='named genotype: ' + ', '.join(genotypes.NAMES) + f' ({d("arch")}); with '
-                   "--space nb201 an architecture string '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'")
-    p.add_argument('--genotype', help='genotype JSON file (derive.py writes RUN_DIR/genotype.json)')
+                   "--space nb201 an architecture string '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'; with --space "
+                   'proxyless ' + ', '.join(PROXYLESS_NAMES))
+    p.add_argument('--genotype', help='genotype JSON file (derive.py writes RUN_DIR/genotype.json; proxyless: '
+                   'any PyramidTreeNet config)')
     p.add_argument('--epochs', type=int, help=d('epochs'))
     p.add_argument('--batch_size', type=int, help='global batch, split between processes (' +
                    d('batch_size') + ')')
@@ -194,6 +212,14 @@ def fresh_args(given):
         if 'arch' not in given and 'genotype' not in given:
             raise utils.UserError("--space nb201 needs --arch '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|' or "
                                   "--genotype RUN/genotype.json")
+    if space == 'proxyless':
+        if dataset != 'cifar10':
+            raise utils.UserError('--space proxyless trains on CIFAR-10 only (its networks are CIFAR-10 '
+                                  'PyramidNets)')
+        for flag in ('init_channels', 'layers', 'auxiliary'):
+            if flag in given:
+                raise utils.UserError(f'--{flag} does not apply to --space proxyless: the network config '
+                                      f'fixes widths and depth, and there is no auxiliary head')
     args = {**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **SPACE_DEFAULTS[space], **given}
     if 'genotype' in given:
         args['arch'] = None     # so that args.json names the cell that was trained
@@ -224,10 +250,11 @@ def check_args(a, world):
         (0 <= a.weight_decay < math.inf, f'--weight_decay must be >= 0 and finite, got {a.weight_decay}'),
         (0 < a.gamma <= 1, f'--gamma must be in (0, 1], got {a.gamma}'),
         (a.decay_period >= 1, f'--decay_period must be at least 1, got {a.decay_period}'),
-        (a.init_channels >= 2 and a.init_channels % 2 == 0 or a.space != 'darts' and a.init_channels >= 1,
+        (a.space == 'proxyless' or a.init_channels >= 2 and a.init_channels % 2 == 0
+         or a.space == 'nb201' and a.init_channels >= 1,
          f'--init_channels must be even and positive (factorized reductions split it in two halves), '
          f'got {a.init_channels}'),
-        (a.layers >= 3 or a.space != 'darts' and a.layers >= 1,
+        (a.space == 'proxyless' or a.layers >= 3 or a.space == 'nb201' and a.layers >= 1,
          f'--layers must be at least 3 (two of them are reduction cells), got {a.layers}'
          if a.space == 'darts' else f'--layers (cells per stage) must be at least 1, got {a.layers}'),
         (0 <= a.auxiliary_weight < math.inf, f'--auxiliary_weight must be >= 0 and finite, got '
@@ -335,6 +362,8 @@ def load_genotype(args):
     try:
         if args.genotype:
             path = Path(args.genotype)
+            if args.space == 'proxyless':
+                return proxyless.load(path), path.parent.name or path.stem
             space, genotype = genotypes.load_file(path)
             if space != args.space:
                 raise ValueError(f'{path} holds a cell of the {space} space; pass --space {space}')
@@ -342,6 +371,10 @@ def load_genotype(args):
         if args.space == 'nb201':
             genotypes.nb201_edges(args.arch)
             return args.arch, 'nb201'
+        if args.space == 'proxyless':
+            if args.arch not in PROXYLESS_NAMES:
+                raise ValueError(f'unknown proxyless network {args.arch!r}; known: {", ".join(PROXYLESS_NAMES)}')
+            return PROXYLESS_NAMES[args.arch](), args.arch
         return genotypes.from_name(args.arch), args.arch
     except ValueError as e:
         raise utils.UserError(str(e)) from e
@@ -353,6 +386,13 @@ def network_config(args, genotype, num_classes):
               'init_channels': args.init_channels, 'layers': args.layers, 'auxiliary': args.auxiliary}
     if args.space == 'nb201':
         return {**config, 'arch': genotype}
+    if args.space == 'proxyless':
+        del config['init_channels'], config['layers'], config['auxiliary']
+        classes = genotype['classifier']['out_features']
+        if classes != num_classes:
+            raise utils.UserError(f'the network config classifies into {classes} classes, the data set has '
+                                  f'{num_classes}')
+        return {**config, 'network': genotype}
     return {**config, 'genotype': genotypes.canonical(genotype)._asdict()}
 
 
@@ -360,6 +400,8 @@ def config_genotype(config):
     """The genotype a stored configuration names (nb201: its architecture string)."""
     if config.get('space', 'darts') == 'nb201':
         return config['arch']
+    if config.get('space') == 'proxyless':
+        return config['network']
     return genotypes.Genotype(**config['genotype'])
 
 
@@ -369,6 +411,8 @@ def build_network(config):
         genotype = config_genotype(config)
         if config.get('space', 'darts') == 'nb201':
             return NB201Network(config['init_channels'], config['layers'], config['num_classes'], genotype)
+        if config.get('space') == 'proxyless':
+            return ProxylessNetwork(genotype)
         return cls(config['init_channels'], config['num_classes'], config['layers'],
                    config['auxiliary'], genotype)
     except (KeyError, TypeError, ValueError) as e:
@@ -636,9 +680,14 @@ def train(given, device, job):
     params = utils.count_params(net)
     macs = utils.count_macs(net, input_shape(config['dataset']))
     genotype = config_genotype(config)
-    cells = f'{config["layers"]} cells' + (' per stage' if config.get('space') == 'nb201' else '')
-    run.log(f'network: {genotype if isinstance(genotype, str) else genotypes.to_literal(genotype, "Retrained")}')
-    run.log(f'{config["dataset"]}: {cells}, {config["init_channels"]} channels, '
+    if config.get('space') == 'proxyless':
+        run.log(f'network: {spaces.describe(genotype)}')
+        shape = 'PyramidTreeNet'
+    else:
+        cells = f'{config["layers"]} cells' + (' per stage' if config.get('space') == 'nb201' else '')
+        run.log(f'network: {genotype if isinstance(genotype, str) else genotypes.to_literal(genotype, "Retrained")}')
+        shape = f'{cells}, {config["init_channels"]} channels'
+    run.log(f'{config["dataset"]}: {shape}, '
             f'{params / 1e6:.3f}M parameters (auxiliary head excluded), {macs / 1e6:.1f}M '
             f'multiply-adds per image')
     run.log(f'{job.world} process(es) on {device}, global batch {args.batch_size}; run directory '

@@ -9,6 +9,7 @@ import pytest
 
 import genotypes
 import operations
+import proxyless
 from genotypes import Genotype
 
 REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'bayesnas_cells.md'
@@ -32,8 +33,9 @@ def small(normal=PAIRS, reduce=UNIQUE_TRIPLES, normal_concat=(2, 3), reduce_conc
 def test_primitives_and_candidates():
     assert genotypes.PRIMITIVES[0] == 'none' and len(genotypes.PRIMITIVES) == 8
     assert genotypes.CANDIDATES == genotypes.PRIMITIVES[1:]
-    # Every name a genotype of either space may use has an operation, and every operation can be named.
-    assert set(genotypes.OPERATIONS) | set(genotypes.NB201_OPERATIONS) == set(operations.OPS)
+    # Every name a genotype of any space may use has an operation, and every operation can be named.
+    assert set(genotypes.OPERATIONS) | set(genotypes.NB201_OPERATIONS) | set(proxyless.CANDIDATES) == \
+        set(operations.OPS)
     assert genotypes.NB201_CANDIDATES == genotypes.NB201_OPERATIONS[1:]
 
 
