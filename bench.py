@@ -21,6 +21,7 @@ its search and of the 300-epoch retraining).
 Prints a table and writes JSON (--out).
 """
 import json
+import os
 import platform
 import random
 import resource
@@ -279,19 +280,22 @@ def bench_proxyless(cfg, device):
     args = search.space_defaults(search.build_parser().parse_args(argv))
     torch.manual_seed(0)
     s = search.Search(args, device, run=None, steps_in={})
-    x, y = batch(p['batch'], device)
-    reset_peak(device)
-    step = search_step_rate(s, device, x, y, cfg)
-    peak = peak_mib(device)
     per_image = saved_bytes(s.model, *batch(2, device)) / 2
     weights = sum(w.numel() for w in s.weights) * 4 * 3        # fp32 weights, gradients, momentum
-    curvature = timed(lambda: switch_curvature(s.model, [(x, y)], 'fisher'), device, 1, cfg['repeats'])
-    rows = [dict(kind='supernet', size=f"C {p['C']}, alpha {p['alpha']}, {p['N']} blocks per stage",
-                 batch_size=p['batch'], step_s=step, images_per_s=p['batch'] / step, peak_mib=peak,
-                 saved_mib_per_image=per_image / 2 ** 20, weights_mib=weights / 2 ** 20,
-                 batch_fits_80gb=int((80e9 - weights) // per_image), fisher_s=curvature,
-                 switches=len(s.switches))]
-    show_proxyless(rows[-1])
+    row = dict(kind='supernet', size=f"C {p['C']}, alpha {p['alpha']}, {p['N']} blocks per stage",
+               batch_size=p['batch'], saved_mib_per_image=per_image / 2 ** 20, weights_mib=weights / 2 ** 20,
+               batch_fits_80gb=int((80e9 - weights) // per_image), switches=len(s.switches))
+    # Twice the saved activations leaves room for the backward pass; a step that cannot fit is not tried.
+    memory = (torch.cuda.mem_get_info(device)[1] if device.type == 'cuda'
+              else os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
+    if weights + 2 * per_image * p['batch'] < memory:
+        x, y = batch(p['batch'], device)
+        reset_peak(device)
+        step = search_step_rate(s, device, x, y, cfg)
+        row.update(step_s=step, images_per_s=p['batch'] / step, peak_mib=peak_mib(device),
+                   fisher_s=timed(lambda: switch_curvature(s.model, [(x, y)], 'fisher'), device, 1, cfg['repeats']))
+    rows = [row]
+    show_proxyless(row)
     del s
     trees = [[proxyless.from_short(h) for h in b] for b in proxyless.PROXYLESSNAS_G[:3 * p['N']]]
     torch.manual_seed(0)
@@ -336,7 +340,7 @@ def project(report, cfg):
             best = max(rates, key=lambda r: r['images_per_s'])
             out[f'retrain_600_epochs_hours_{arch}'] = 600 * CIFAR_TRAIN / best['images_per_s'] / 3600
             out[f'retrain_variant_{arch}'] = best['variant']
-    if report['proxyless']:
+    if report['proxyless'] and 'step_s' in report['proxyless'][0]:
         supernet, retrain = report['proxyless']
         # Warm-up on 10 % and the switch epoch on 90 % of the training set, then 20 Fisher batches.
         out['proxyless_search_minutes'] = (CIFAR_TRAIN / supernet['images_per_s'] + 20 * supernet['fisher_s']) / 60
@@ -375,7 +379,10 @@ def show_eval(r):
 
 
 def show_proxyless(r):
-    if r['kind'] == 'supernet':
+    if r['kind'] == 'supernet' and 'step_s' not in r:
+        say(f"  supernet ({r['size']}, {r['switches']} switches), batch {r['batch_size']}: does not fit this "
+            f"device's memory; not measured")
+    elif r['kind'] == 'supernet':
         say(f"  supernet ({r['size']}, {r['switches']} switches), batch {r['batch_size']}: "
             f"{r['step_s'] * 1e3:.1f} ms/step, {r['images_per_s']:.1f} img/s, peak {r['peak_mib']:.0f} MiB; "
             f"Fisher {r['fisher_s'] * 1e3:.1f} ms/batch")
@@ -459,8 +466,7 @@ def main(argv=None):
         report['projection'] = project(report, cfg)
         say()
         if args.quick:      # the toy network's rates: it checks the arithmetic, it predicts nothing
-            say(f"projection from the --quick sizes ({cfg['layers']} cells, {cfg['C']} channels), "
-                f"not from the default network:")
+            say('projection from the --quick sizes (toy networks), not from the default ones:')
         show_projection(report['projection'])
     utils.write_text_atomic(out, json.dumps(report, indent=2) + '\n')
     say(f'\nwrote {args.out} ({report["seconds"]:.0f} s)')

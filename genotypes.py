@@ -337,15 +337,20 @@ def load_json(path):
     return genotype
 
 
-def load_file(path):
-    """(space, genotype) from a file written by save_json: ('darts', Genotype) or ('nb201', string)."""
+def read_json(path, what='genotype file'):
+    """The JSON value in a file; ValueError in one line naming `what` and the file otherwise."""
     try:
         with open(path) as f:
-            data = json.load(f)
+            return json.load(f)
     except OSError as e:
-        raise ValueError(f'cannot read genotype file {path}: {e.strerror}') from None
+        raise ValueError(f'cannot read {what} {path}: {e.strerror}') from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'genotype file {path} is not valid JSON: {e}') from None
+        raise ValueError(f'{what} {path} is not valid JSON: {e}') from None
+
+
+def load_file(path):
+    """(space, genotype) from a file written by save_json: ('darts', Genotype) or ('nb201', string)."""
+    data = read_json(path)
     if isinstance(data, dict) and data.get('name') == 'PyramidTreeNet':
         raise ValueError(f'{path} is a proxyless network config (PyramidTreeNet): pass --space proxyless')
     if isinstance(data, dict) and 'space' in data:

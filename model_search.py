@@ -18,6 +18,9 @@ DARTS's evaluation networks (same stems, reductions, auxiliary heads and paramet
 NB201Search and NB201Network are NAS-Bench-201's macro-architecture (one-input cells whose output is
 their last node, three stages joined by residual blocks) with the supernet cell and with a cell from
 an architecture string; NB201Network has the benchmark's parameter count for every cell.
+ProxylessSearch and ProxylessNetwork are the proxyless space's PyramidNet of residual tree blocks
+(proxyless.py), whose half trees are Cells with one input node and their leaves summed (merge='add'):
+the supernet with every candidate on every tree edge, and the network of any PyramidTreeNet config.
 """
 import math
 

@@ -19,9 +19,11 @@ nothing, and the ops after it read zeros). network_config writes such a network;
 (any config of this shape, the authors' included) and checks it, raising ValueError with one line
 that says where the file is wrong.
 
-Self-contained (imports nothing of this project): copy it with operations.py's layers.
+Imports only genotypes.py of this project: copy the two with operations.py's layers.
 """
 import json
+
+import genotypes
 
 # ----------------------------------------------------------------------------------------------------
 # Candidates and their layer configs
@@ -397,13 +399,7 @@ def parse(config):
 
 def load(path):
     """The config in a JSON file, parsed; ValueError naming the file and the fault."""
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except OSError as e:
-        raise ValueError(f'cannot read network config {path}: {e.strerror}') from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'network config {path} is not valid JSON: {e}') from None
+    config = genotypes.read_json(path, 'network config')
     try:
         parse(config)
     except FormatError as e:

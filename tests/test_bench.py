@@ -32,3 +32,10 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert 'Spearman rank correlation with ggn' in printed and f'wrote {out}' in printed
     assert 'projection from the --quick sizes' in printed and 'projected full CIFAR-10 search' in printed
+    # The proxyless space: its supernet step, the memory it saves per image, ProxylessNAS-G's ops retrained.
+    supernet, retrain = report['proxyless']
+    assert supernet['images_per_s'] > 0 and supernet['saved_mib_per_image'] > 0 and supernet['fisher_s'] > 0
+    assert supernet['switches'] == 6 * 6 * 8 and supernet['batch_fits_80gb'] > 0
+    assert retrain['images_per_s'] > 0 and retrain['params_M'] > 0 and retrain['macs_M'] > 0
+    assert p['proxyless_search_minutes'] > 0 and p['proxyless_retrain_300_epochs_hours'] > 0
+    assert 'projected proxyless search' in printed

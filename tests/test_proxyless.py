@@ -250,8 +250,13 @@ def test_pruned_edges_and_the_ops_behind_them_are_not_computed():
 # Search, derive, retrain: end to end on real images
 # ----------------------------------------------------------------------------------------------------
 
-TINY = ['--space', 'proxyless', '--layers', '1', '--alpha', '4', '--init_channels', '4', '--batch_size', '8',
-        '--warmup_portion', '0.2', '--hessian_batches', '2', '--report_freq', '4', '--seed', '1']
+def tiny(blocks=1):
+    return ['--space', 'proxyless', '--layers', str(blocks), '--alpha', '4', '--init_channels', '4',
+            '--batch_size', '8', '--warmup_portion', '0.2', '--hessian_batches', '2', '--report_freq', '4',
+            '--seed', '1']
+
+
+TINY = tiny()
 
 
 def test_a_tiny_search_writes_its_network_and_the_network_trains(small_cifar, tmp_path):
@@ -307,3 +312,12 @@ def test_the_space_defaults_are_the_papers_proxyless_settings():
         (32, 0.1, 18, 84, False, 16)
     darts = search.space_defaults(search.build_parser().parse_args([]))
     assert (darts.batch_size, darts.tie, darts.alpha) == (64, True, None)
+
+
+def test_a_tied_search_gives_every_block_of_a_stage_the_same_trees(small_cifar, tmp_path):
+    data = small_cifar(24, 20)
+    result = search.main(['--data', str(data), '--save', str(tmp_path / 'run'), '--lambda', '1e-7', '--tie'] + tiny(2))
+    doc = json.loads((tmp_path / 'run' / 'gamma.json').read_text())
+    assert doc['net']['tie'] and {r['cell_type'] for r in doc['groups']} == {f's{s}h{h}' for s in (1, 2, 3) for h in (0, 1)}
+    trees = [u['halves'] for kind, u in proxyless.parse(result['genotype']) if kind == 'tree']
+    assert len(trees) == 6 and trees[0] == trees[1] and trees[2] == trees[3] and trees[4] == trees[5]
