@@ -25,21 +25,15 @@ epoch to the same result; only --data, --gpu, --deterministic and --report_freq 
 Why so (README, "Compression (compress.py)", has the measurements):
   * The prior starts at gamma = omega = 1: the dense network fits its training images almost
     perfectly, so its curvature, and the penalty a first pass would give, are too small to prune.
-  * The penalty is a proximal step (HardPrior.proximal_step) with Adam's per-switch step size
-    (hessian.ProxAdam): a switch can reach exactly 0, where gamma = 0 prunes it, and where it stops
-    depends on lambda and omega, not on a learning rate that would have to suit input pixels and
-    last-layer neurons alike. With omega = 1, a switch survives roughly where its curvature exceeds
-    lambda.
+  * The switches take proximal Adam steps, for the reasons hessian.ProxAdam gives.
   * Fine-tuning trains the exported network itself (prune.fold_switches), at the weights' own rate.
   * The curvature is the Monte-Carlo Fisher, as in search.py, so that lambda means the same in both.
   * SGD for the weights, cosine decay except while the switches train; no weight decay on the
     switches: the prior is their regulariser.
 
---data holds MNIST/raw (lenet300, lenet5) or cifar-10-batches-py (vgg16). Run directory: log.txt,
-args.json, metrics.jsonl (per epoch and pruning step), checkpoint.pt (after every epoch and phase),
-dense_model.pt (for --pretrained), pruned_model.pt and magnitude_model.pt (compress.load_pruned(path)
-gives an ordinary nn.Sequential), report.json (units, parameters, multiply-adds, errors, file sizes,
-wall time), units.png and curves.png.
+Run directory: log.txt, args.json, metrics.jsonl (per epoch and pruning step), checkpoint.pt (after
+every epoch and phase), dense_model.pt (for --pretrained), pruned_model.pt and magnitude_model.pt
+(load_pruned(path) gives an ordinary nn.Sequential), report.json, units.png and curves.png.
 
 Adding a CNN: a function returning it as one flat nn.Sequential (prune.py says of which layers), in
 MODELS with its data set; prune.chain(net) flattens a torchvision-style network, e.g.
