@@ -102,19 +102,15 @@ def build_parser():
 
 def check_args(a):
     """UserError for the first value out of range."""
-    rules = [
-        (a.lam > 0, f'--lambda must be > 0, got {a.lam}'),
-        (a.threshold >= 0, f'--threshold must be >= 0, got {a.threshold}'),
-        (a.learning_rate > 0, f'--learning_rate must be > 0, got {a.learning_rate}'),
-        (a.switch_lr > 0, f'--switch_lr must be > 0, got {a.switch_lr}'),
-        (0 <= a.momentum < 1, f'--momentum must be in [0, 1), got {a.momentum}'),
-        (a.weight_decay >= 0, f'--weight_decay must be >= 0, got {a.weight_decay}'),
-        (a.batch_size >= 1, f'--batch_size must be >= 1, got {a.batch_size}'),
-        (a.hessian_batches >= 1, f'--hessian_batches must be >= 1, got {a.hessian_batches}'),
-        (a.report_freq >= 0, f'--report_freq must be >= 0, got {a.report_freq}'),
-    ]
-    rules += [(getattr(a, k) >= 0, f'--{k} must be >= 0, got {getattr(a, k)}')
-              for k in ('epochs', 'iterations', 'epochs_per_iteration', 'finetune_epochs')]
+    bounds = [('lambda', a.lam, '> 0'), ('threshold', a.threshold, '>= 0'),
+              ('learning_rate', a.learning_rate, '> 0'), ('switch_lr', a.switch_lr, '> 0'),
+              ('momentum', a.momentum, 'in [0, 1)'), ('weight_decay', a.weight_decay, '>= 0'),
+              ('batch_size', a.batch_size, '>= 1'), ('hessian_batches', a.hessian_batches, '>= 1')]
+    bounds += [(k, getattr(a, k), '>= 0') for k in
+               ('report_freq', 'epochs', 'iterations', 'epochs_per_iteration', 'finetune_epochs')]
+    within = {'> 0': lambda v: v > 0, '>= 0': lambda v: v >= 0, '>= 1': lambda v: v >= 1,
+              'in [0, 1)': lambda v: 0 <= v < 1}
+    rules = [(within[bound](v), f'--{flag} must be {bound}, got {v}') for flag, v, bound in bounds]
     rules.append((a.epochs != 0 or a.pretrained,
                   '--epochs 0 would compress an untrained network; train it (--epochs 1 or more) or give '
                   'its dense weights with --pretrained DENSE_MODEL.pt'))
