@@ -161,8 +161,9 @@ MODELS = {
 }
 
 DATASETS = {
-    'mnist': dict(shape=(1, 28, 28), mean=utils.MNIST_MEAN, std=utils.MNIST_STD, augment=None),
-    'cifar10': dict(shape=(3, 32, 32), mean=utils.CIFAR_MEAN, std=utils.CIFAR_STD,
+    'mnist': dict(load=utils.load_mnist, shape=(1, 28, 28), mean=utils.MNIST_MEAN, std=utils.MNIST_STD,
+                  augment=None),
+    'cifar10': dict(load=utils.load_cifar10, shape=(3, 32, 32), mean=utils.CIFAR_MEAN, std=utils.CIFAR_STD,
                     augment=dict(crop_pad=4, flip=True)),
 }
 
@@ -174,44 +175,30 @@ def build(name):
     return plain, prune.add_switches(plain, spec['flat_switch'])
 
 
-def load_data(root, dataset, device):
-    if dataset == 'mnist':
-        return utils.load_mnist(root, device=device)
-    return utils.load_cifar10(root, device=device)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Training: SGD for the weights, proximal Adam for the switches
 # ----------------------------------------------------------------------------------------------------
 
-def weight_optimizer(seq, args):
-    """SGD with momentum and weight decay over every parameter but the switches."""
-    return torch.optim.SGD(prune.weight_parameters(seq), lr=args.learning_rate, momentum=args.momentum,
-                           weight_decay=args.weight_decay)
-
-
-def train_epoch(model, batches, optimizer, lr_of, switch_opt=None, log=None, report_freq=0, what=''):
-    """One pass over `batches`; lr_of(step) gives the weights' learning rate at each step, switch_opt
-    (a hessian.ProxAdam) trains the switches too. Returns (mean loss, error %)."""
+def train_epoch(model, batches, optimizers, lr_of, log, report_freq, what):
+    """One pass over `batches`, every optimiser stepping after each backward pass; lr_of(step) is the
+    learning rate of the first (the weights'). Returns (mean loss, error %)."""
     model.train()
     loss_m, acc_m = utils.AverageMeter(), utils.AverageMeter()
     for step, (x, y) in enumerate(batches):
         lr = lr_of(step)
-        for group in optimizer.param_groups:
+        for group in optimizers[0].param_groups:
             group['lr'] = lr
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         utils.check_finite(loss, f'{what}: training loss')
-        optimizer.zero_grad(set_to_none=True)
-        if switch_opt is not None:
-            switch_opt.zero_grad()
+        for opt in optimizers:
+            opt.zero_grad()
         loss.backward()
-        optimizer.step()
-        if switch_opt is not None:
-            switch_opt.step()
+        for opt in optimizers:
+            opt.step()
         loss_m.update(loss.item(), len(y))
         acc_m.update(utils.accuracy(logits.detach(), y)[0], len(y))
-        if log is not None and report_freq and (step + 1) % report_freq == 0:
+        if report_freq and (step + 1) % report_freq == 0:
             log(f'{what} step {step + 1}/{len(batches)} loss {loss_m.avg:.4f} error {100 - acc_m.avg:.2f}% '
                 f'lr {lr:.4g}')
     return loss_m.avg, 100 - acc_m.avg
@@ -324,45 +311,39 @@ class Compression:
     # -- the phases ----------------------------------------------------------------------------------
 
     def execute(self):
-        # What each kind of phase does before its first epoch and after its last.
-        starts = {'finetune': self.start_finetune, 'magnitude': self.start_magnitude}
-        ends = {'dense': self.end_dense, 'penalised': self.end_penalised, 'finetune': self.end_finetune,
-                'magnitude': self.end_magnitude}
+        """Each phase: its start_KIND (if any) before the first epoch, the epochs, its end_KIND."""
         while self.progress['phase'] < len(self.phases):
             name, kind, epochs = self.phases[self.progress['phase']]
-            if kind in starts and self.progress['epoch'] == 0:
-                starts[kind]()
+            if hasattr(self, f'start_{kind}') and self.progress['epoch'] == 0:
+                getattr(self, f'start_{kind}')()
             net = self.baseline if kind == 'magnitude' else self.model
-            optimizer, switch_opt = self.optimizers(net, kind)
+            optimizers = self.optimizers(net, kind)
             while self.progress['epoch'] < epochs:
-                self.train_one_epoch(name, kind, epochs, net, optimizer, switch_opt)
-            ends[kind](name)
+                self.train_one_epoch(name, kind, epochs, net, optimizers)
+            getattr(self, f'end_{kind}')(name)
             self.progress.update(phase=self.progress['phase'] + 1, epoch=0, optimizer=None)
             self.save()
 
     def optimizers(self, net, kind):
-        """(SGD for the weights, ProxAdam or None), fresh at a phase's start or as checkpointed.
-        Switches only train in the penalised phases; elsewhere they are frozen."""
+        """[SGD for the weights, then ProxAdam in a penalised phase], fresh at a phase's start or as
+        checkpointed. Switches only train in the penalised phases; elsewhere they are frozen."""
         penalised = kind == 'penalised'
         for p in prune.switch_parameters(net):
             p.requires_grad_(penalised)
-        optimizer = weight_optimizer(net, self.args)
-        switch_opt = ProxAdam(self.prior, self.args.switch_lr) if penalised else None
-        saved = self.progress['optimizer']
-        if saved is not None:
-            optimizer.load_state_dict(saved['weights'])
-            if switch_opt is not None:
-                switch_opt.load_state_dict(saved['switches'])
-        return optimizer, switch_opt
+        a = self.args
+        optimizers = [torch.optim.SGD(prune.weight_parameters(net), lr=a.learning_rate, momentum=a.momentum,
+                                      weight_decay=a.weight_decay)]
+        if penalised:
+            optimizers.append(ProxAdam(self.prior, a.switch_lr))
+        if self.progress['optimizer'] is not None:
+            for opt, key in zip(optimizers, ('weights', 'switches')):
+                opt.load_state_dict(self.progress['optimizer'][key])
+        return optimizers
 
-    def epoch_offset(self, kind):
-        """Index of the phase's first epoch in the data order; the baseline sees the batches that
-        BayesNAS saw after the dense phase."""
-        if kind == 'magnitude':
-            return self.phases[0].epochs
-        return sum(p.epochs for p in self.phases[:self.progress['phase']])
+    def epochs_before(self, phase):
+        return sum(p.epochs for p in self.phases[:phase])
 
-    def train_one_epoch(self, name, kind, epochs, net, optimizer, switch_opt):
+    def train_one_epoch(self, name, kind, epochs, net, optimizers):
         e, n = self.progress['epoch'], len(self.batches)
         lr0, total = self.args.learning_rate, epochs * n
 
@@ -371,20 +352,18 @@ class Compression:
                 return lr0
             return 0.5 * lr0 * (1 + math.cos(math.pi * (e * n + step) / total))
 
-        index = self.epoch_offset(kind) + e
+        # The epoch's place in the data order; the baseline sees the batches BayesNAS saw after the
+        # dense phase.
+        index = e + (self.phases[0].epochs if kind == 'magnitude' else self.epochs_before(self.progress['phase']))
         self.batches.set_epoch(index)
-        loss, err = train_epoch(net, self.batches, optimizer, lr_of, switch_opt, self.log, self.args.report_freq, name)
-        self.progress['epoch'] += 1
-        self.progress['optimizer'] = dict(weights=optimizer.state_dict(),
-                                          switches=switch_opt.state_dict() if switch_opt is not None else None)
+        loss, err = train_epoch(net, self.batches, optimizers, lr_of, self.run.log, self.args.report_freq, name)
+        states = [opt.state_dict() for opt in optimizers] + [None]
+        self.progress.update(epoch=e + 1, optimizer=dict(weights=states[0], switches=states[1]))
         penalty = f' penalty {self.prior.penalty().item():.4f}' if kind == 'penalised' else ''
-        self.log(f'{name} epoch {e + 1}/{epochs} train loss {loss:.4f} error {err:.2f}%{penalty}')
+        self.run.log(f'{name} epoch {e + 1}/{epochs} train loss {loss:.4f} error {err:.2f}%{penalty}')
         prefix = 'baseline_' if kind == 'magnitude' else ''
         self.run.metric(phase=name, epoch=index + 1, **{f'{prefix}train_loss': loss, f'{prefix}train_error': err})
         self.save()
-
-    def log(self, msg):
-        self.run.log(msg)
 
     def error(self, net):
         """Test error (%): measured and reported, never used for a decision."""
@@ -395,7 +374,7 @@ class Compression:
         utils.save_checkpoint(dict(model=self.args.model, state_dict=self.progress['dense']),
                               self.run.file('dense_model.pt'))
         self.progress['results']['error_dense'] = self.error(self.model)
-        self.log(f'dense model: test error {self.progress["results"]["error_dense"]:.2f}%')
+        self.run.log(f'dense model: test error {self.progress["results"]["error_dense"]:.2f}%')
 
     def end_penalised(self, name):
         """Curvature of the training loss w.r.t. every switch at the penalised model, the Laplace
@@ -409,30 +388,29 @@ class Compression:
         keep_strongest(self.model, self.prior, args.threshold)
         newly = self.prior.prune(args.threshold)
         units = prune.layer_units(self.model)
-        err = self.error(self.model)
-        self.progress['results'].setdefault('iterations', []).append(
-            dict(iteration=name, pruned=len(newly), units=[u.live for u in units], masked_error=err))
-        self.log(f'{name}: pruned {len(newly)} units, {prune.units_string(units, "total")} -> '
-                 f'{prune.units_string(units, "live")}, masked test error {err:.2f}%')
-        epoch = sum(p.epochs for p in self.phases[:self.progress['phase'] + 1])
-        self.run.metric(phase=name, epoch=epoch, pruned=len(newly), units=[u.live for u in units], masked_error=err)
+        record = dict(pruned=len(newly), units=[u.live for u in units], masked_error=self.error(self.model))
+        self.progress['results'].setdefault('iterations', []).append(dict(iteration=name, **record))
+        self.run.log(f'{name}: pruned {len(newly)} units, {prune.units_string(units, "total")} -> '
+                     f'{prune.units_string(units, "live")}, masked test error {record["masked_error"]:.2f}%')
+        self.run.metric(phase=name, epoch=self.epochs_before(self.progress['phase'] + 1), **record)
 
     def start_finetune(self):
         """The switches' values go into the weights: fine-tuning trains the pruned network itself."""
         prune.fold_switches(self.model)
 
-    def export(self, net, filename):
-        """(test error of the masked network, of the physically pruned one), which goes to filename."""
-        masked = self.error(net)
+    def export(self, net, filename, what, masked_key, pruned_key):
+        """Write the physically pruned network to filename; log and keep the test errors of the masked
+        network and of the pruned one."""
+        res = self.progress['results']
+        res[masked_key] = self.error(net)
         pruned = prune.physical_prune(net)
         save_pruned(self.args.model, net, pruned, self.run.file(filename))
-        return masked, self.error(pruned)
+        res[pruned_key] = self.error(pruned)
+        self.run.log(f'{what} fine-tuned: test error masked {res[masked_key]:.2f}%, '
+                     f'physically pruned {res[pruned_key]:.2f}%')
 
     def end_finetune(self, name):
-        res = self.progress['results']
-        res['error_masked'], res['error_pruned'] = self.export(self.model, 'pruned_model.pt')
-        self.log(f'BayesNAS fine-tuned: test error masked {res["error_masked"]:.2f}%, '
-                 f'physically pruned {res["error_pruned"]:.2f}%')
+        self.export(self.model, 'pruned_model.pt', 'BayesNAS', 'error_masked', 'error_pruned')
 
     def start_magnitude(self):
         """The dense weights, pruned by weight norm to the BayesNAS model's units per layer."""
@@ -446,13 +424,11 @@ class Compression:
         prune.magnitude_prune(self.baseline, [u.live for u in prune.layer_units(self.model)])
         err = self.progress['results']['error_magnitude_before_finetune'] = self.error(self.baseline)
         units = prune.units_string(prune.layer_units(self.baseline), 'live')
-        self.log(f'magnitude baseline: {units} units, test error before fine-tuning {err:.2f}%')
+        self.run.log(f'magnitude baseline: {units} units, test error before fine-tuning {err:.2f}%')
 
     def end_magnitude(self, name):
-        res = self.progress['results']
-        res['error_magnitude'], res['error_magnitude_pruned'] = self.export(self.baseline, 'magnitude_model.pt')
-        self.log(f'magnitude baseline fine-tuned: test error masked {res["error_magnitude"]:.2f}%, '
-                 f'physically pruned {res["error_magnitude_pruned"]:.2f}%')
+        self.export(self.baseline, 'magnitude_model.pt', 'magnitude baseline', 'error_magnitude',
+                    'error_magnitude_pruned')
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -678,7 +654,7 @@ def main(argv=None):
     args, state = configure(argv)
     device = utils.get_device(args.gpu, args.deterministic)
     # Inputs first: bad data or a wrong --pretrained leaves no run directory behind.
-    data = load_data(args.data, MODELS[args.model]['data'], device)
+    data = DATASETS[MODELS[args.model]['data']]['load'](args.data, device=device)
     dense = read_dense(args.pretrained, args.model) if args.pretrained and state is None else None
     run = utils.RunDir(args.save, args, resume=args.resume,
                        rewind=state.get('run_files') if state is not None else None)
