@@ -488,35 +488,31 @@ REPORT_COLUMNS = {'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnit
 
 def make_report(comp):
     """report.json, the table in the log, units.png and curves.png of a finished run."""
-    args, run, res = comp.args, comp.run, comp.progress['results']
-    shape = comp.data_spec['shape']
-    # comp.plain shares its layers with the switched model: its shapes are the dense network's.
-    nets = {'dense': comp.plain, 'bayesnas': prune.physical_prune(comp.model)}
+    run, res = comp.run, comp.progress['results']
     model_units = prune.layer_units(comp.model)
-    units = {'dense': [u.total for u in model_units], 'bayesnas': [u.live for u in model_units]}
-    files = {'dense': 'dense_model.pt', 'bayesnas': 'pruned_model.pt'}
+    # (network, units per layer, file); comp.plain shares its layers with the switched model: its
+    # shapes are the dense network's.
+    nets = {'dense': (comp.plain, [u.total for u in model_units], 'dense_model.pt'),
+            'bayesnas': (prune.physical_prune(comp.model), [u.live for u in model_units], 'pruned_model.pt')}
+    error = dict(dense=res['error_dense'], bayesnas=res['error_masked'], bayesnas_pruned=res['error_pruned'],
+                 bayesnas_before_finetune=res.get('iterations', [{}])[-1].get('masked_error'))
     if comp.baseline is not None:
-        nets['magnitude'] = prune.physical_prune(comp.baseline)
-        units['magnitude'] = [u.live for u in prune.layer_units(comp.baseline)]
-        files['magnitude'] = 'magnitude_model.pt'
-    params = {k: utils.count_params(n) for k, n in nets.items()}
-    macs = {k: utils.count_macs(n, shape) for k, n in nets.items()}
-    last = res.get('iterations', [{}])[-1].get('masked_error')
+        nets['magnitude'] = (prune.physical_prune(comp.baseline),
+                             [u.live for u in prune.layer_units(comp.baseline)], 'magnitude_model.pt')
+        error.update(magnitude=res['error_magnitude'], magnitude_pruned=res['error_magnitude_pruned'],
+                     magnitude_before_finetune=res['error_magnitude_before_finetune'])
+    units = {k: u for k, (_, u, _) in nets.items()}
+    params = {k: utils.count_params(n) for k, (n, _, _) in nets.items()}
+    macs = {k: utils.count_macs(n, comp.data_spec['shape']) for k, (n, _, _) in nets.items()}
     report = dict(
-        model=args.model, dataset=MODELS[args.model]['data'],
+        model=comp.args.model, dataset=MODELS[comp.args.model]['data'],
         layers=[dict(layer=u.label, **{k: v[i] for k, v in units.items()}) for i, u in enumerate(model_units)],
         units={k: '-'.join(map(str, v)) for k, v in units.items()},
         params=params, macs=macs,
         compression={k: params['dense'] / params[k] for k in nets if k != 'dense'},
         speedup={k: macs['dense'] / macs[k] for k in nets if k != 'dense'},
-        file_bytes={k: run.file(f).stat().st_size for k, f in files.items()},
-        error=dict(dense=res['error_dense'], bayesnas=res['error_masked'], bayesnas_pruned=res['error_pruned'],
-                   bayesnas_before_finetune=last,
-                   **({} if comp.baseline is None else dict(
-                       magnitude=res['error_magnitude'], magnitude_pruned=res['error_magnitude_pruned'],
-                       magnitude_before_finetune=res['error_magnitude_before_finetune']))),
-        iterations=res.get('iterations', []),
-        wall_time_s=comp.elapsed())
+        file_bytes={k: run.file(f).stat().st_size for k, (_, _, f) in nets.items()},
+        error=error, iterations=res.get('iterations', []), wall_time_s=comp.elapsed())
     utils.write_text_atomic(run.file('report.json'), json.dumps(report, indent=2) + '\n')
     for line in report_lines(report):
         run.log(line)
@@ -532,42 +528,46 @@ def report_lines(r):
     e = r['error']
     rows = [('layer', [REPORT_COLUMNS[k] for k in kinds])]
     rows += [(row['layer'], [str(row[k]) for k in kinds]) for row in r['layers']]
-    rows += [(what, [f'{r[key][k]:,}' for k in kinds])
-             for what, key in (('params', 'params'), ('MACs', 'macs'), ('file bytes', 'file_bytes'))]
-    rows.append(('params x', ['1.0'] + [f'{r["compression"][k]:.1f}' for k in kinds[1:]]))
-    rows.append(('MACs x', ['1.0'] + [f'{r["speedup"][k]:.1f}' for k in kinds[1:]]))
+    rows += [(label, [f'{r[key][k]:,}' for k in kinds])
+             for label, key in (('params', 'params'), ('MACs', 'macs'), ('file bytes', 'file_bytes'))]
+    rows += [(label, ['1.0'] + [f'{r[key][k]:.1f}' for k in kinds[1:]])
+             for label, key in (('params x', 'compression'), ('MACs x', 'speedup'))]
     rows.append(('error %', [f'{e[k]:.2f}' for k in kinds]))
     width = max(len(v) for _, values in rows for v in values) + 2
     lines = [f'{label:<10}' + ''.join(f'{v:>{width}}' for v in values) for label, values in rows]
+    before = e['bayesnas_before_finetune']
     text = (f'test error: dense {e["dense"]:.2f}%, BayesNAS {e["bayesnas"]:.2f}% (physically pruned '
-            f'{e["bayesnas_pruned"]:.2f}%')
-    if e['bayesnas_before_finetune'] is not None:
-        text += f', before fine-tuning {e["bayesnas_before_finetune"]:.2f}%'
-    text += ')'
+            f'{e["bayesnas_pruned"]:.2f}%' + ('' if before is None else f', before fine-tuning {before:.2f}%') + ')')
     if 'magnitude' in e:
         text += (f', magnitude {e["magnitude"]:.2f}% (physically pruned {e["magnitude_pruned"]:.2f}%, '
                  f'before fine-tuning {e["magnitude_before_finetune"]:.2f}%)')
-    lines.append(text)
-    lines.append(f'units {r["units"]["dense"]} -> {r["units"]["bayesnas"]}, parameters '
-                 f'{r["compression"]["bayesnas"]:.1f}x fewer, multiply-adds {r["speedup"]["bayesnas"]:.1f}x fewer, '
-                 f'wall time {utils.format_time(r["wall_time_s"])}')
-    return lines
+    return lines + [text, f'units {r["units"]["dense"]} -> {r["units"]["bayesnas"]}, parameters '
+                          f'{r["compression"]["bayesnas"]:.1f}x fewer, multiply-adds {r["speedup"]["bayesnas"]:.1f}x '
+                          f'fewer, wall time {utils.format_time(r["wall_time_s"])}']
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use('Agg')  # files only
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path):
+    fig.tight_layout()
+    utils.save_figure_atomic(fig, path, dpi=100)
+    pyplot().close(fig)
 
 
 def plot_units(report, path):
     """Bars of the units per layer of the dense, BayesNAS and magnitude networks."""
-    import matplotlib
-    matplotlib.use('Agg')  # files only
-    import matplotlib.pyplot as plt
-
     kinds = [k for k in REPORT_COLUMNS if k in report['params']]
     labels = [row['layer'] for row in report['layers']]
     width = 0.8 / len(kinds)
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(labels) + 2), 3.5))
+    fig, ax = pyplot().subplots(figsize=(max(5, 0.8 * len(labels) + 2), 3.5))
     for j, k in enumerate(kinds):
         xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(labels))]
-        values = [row[k] for row in report['layers']]
-        bars = ax.bar(xs, values, width, label=REPORT_COLUMNS[k])
+        bars = ax.bar(xs, [row[k] for row in report['layers']], width, label=REPORT_COLUMNS[k])
         if len(labels) <= 6:
             ax.bar_label(bars, fontsize=7)
     ax.set_xticks(range(len(labels)), labels)
@@ -575,27 +575,21 @@ def plot_units(report, path):
     ax.set_title(f'{report["model"]}: units per layer, {report["units"]["dense"]} -> {report["units"]["bayesnas"]}',
                  fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    utils.save_figure_atomic(fig, path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_curves(metrics_path, path, phases):
     """Training loss and error per epoch of BayesNAS and of the magnitude baseline (which trains over
     the same epochs as BayesNAS after the dense phase), the penalised epochs shaded, and the masked
     test error after each pruning step."""
-    import matplotlib
-    matplotlib.use('Agg')  # files only
-    import matplotlib.pyplot as plt
-
-    records = utils.read_metrics(metrics_path)      # skips the torn last line of a killed run
+    records = utils.read_metrics(metrics_path)
 
     def series(key):
         # By epoch, the last record winning: an epoch redone after an interruption is drawn once.
         points = {r['epoch']: r[key] for r in records if key in r and 'epoch' in r}
         return sorted(points), [points[e] for e in sorted(points)]
 
-    fig, axes = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True)
+    fig, axes = pyplot().subplots(2, 1, figsize=(6.5, 5.5), sharex=True)
     for ax, what in zip(axes, ('loss', 'error')):
         ax.plot(*series(f'train_{what}'), marker='.', label='BayesNAS (dense, penalised, fine-tuned)')
         xs, ys = series(f'baseline_train_{what}')
@@ -615,9 +609,7 @@ def plot_curves(metrics_path, path, phases):
     axes[0].set_title('training curves (grey: penalised iterations)', fontsize=9)
     axes[1].set_xlabel('epoch')
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    utils.save_figure_atomic(fig, path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------
