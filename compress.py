@@ -7,33 +7,29 @@
         --batch_size 128 --iterations 3 --epochs_per_iteration 10 --finetune_epochs 40
     python compress.py --save runs/lenet5 --resume          # continue an interrupted run
 
-Every prunable unit group of a CNN - the filters of a conv layer, the neurons of a hidden linear layer,
-optionally the flattened inputs of the first fully connected layer - gets a switch (prune.py). The run,
-in one process and one run directory (--save):
+Every prunable unit group of a CNN (the filters of a conv layer, the neurons of a hidden linear layer,
+optionally the flattened inputs of the first linear layer) gets a switch (prune.py). A run:
   1. dense training for --epochs, or the dense weights of an earlier run (--pretrained);
   2. --iterations times: --epochs_per_iteration epochs of weights and switches with the penalty
      lambda * sum_g omega_g |s_g|, then the curvature of the training loss w.r.t. every switch
      (--hessian), the Laplace update of gamma and omega, and pruning of the units whose gamma falls
      below --threshold (a layer always keeps its strongest unit);
-  3. the switches are folded into the weights and the network is fine-tuned, switches frozen;
+  3. fine-tuning of the network itself, the switches folded into its weights and frozen;
   4. physical pruning: the masked network becomes a smaller nn.Sequential with the same outputs;
   5. with --compare magnitude: the dense network pruned by weight norm to the same units per layer
      and fine-tuned for as many epochs as BayesNAS trained after the dense phase.
-The test set is only measured, never used for a decision. --resume continues from the last completed
-epoch to the same result; only --data, --gpu, --deterministic and --report_freq may change.
+The test set is only measured, never used for a decision; --resume continues to the same result.
 
 Why so (README, "Compression (compress.py)", has the measurements):
   * The prior starts at gamma = omega = 1: the dense network fits its training images almost
     perfectly, so its curvature, and the penalty a first pass would give, are too small to prune.
-  * The switches take proximal Adam steps, for the reasons hessian.ProxAdam gives.
-  * Fine-tuning trains the exported network itself (prune.fold_switches), at the weights' own rate.
+  * SGD for the weights, cosine decay except while the switches train; proximal Adam without weight
+    decay for the switches, for the reasons hessian.ProxAdam gives.
   * The curvature is the Monte-Carlo Fisher, as in search.py, so that lambda means the same in both.
-  * SGD for the weights, cosine decay except while the switches train; no weight decay on the
-    switches: the prior is their regulariser.
 
-Run directory: log.txt, args.json, metrics.jsonl (per epoch and pruning step), checkpoint.pt (after
-every epoch and phase), dense_model.pt (for --pretrained), pruned_model.pt and magnitude_model.pt
-(load_pruned(path) gives an ordinary nn.Sequential), report.json, units.png and curves.png.
+Run directory (--save): log.txt, args.json, metrics.jsonl, checkpoint.pt, dense_model.pt (for
+--pretrained), pruned_model.pt and magnitude_model.pt (load_pruned(path) gives an nn.Sequential),
+report.json, units.png and curves.png.
 
 Adding a CNN: a function returning it as one flat nn.Sequential (prune.py says of which layers), in
 MODELS with its data set; prune.chain(net) flattens a torchvision-style network, e.g.
@@ -79,8 +75,7 @@ def build_parser():
                    help='temperature lambda (> 0) of the HARD prior and weight of the penalty: larger is sparser')
     p.add_argument('--threshold', type=float, default=0.01, help='prune units whose gamma falls below this')
     p.add_argument('--switch_lr', type=float, default=0.01, help='Adam learning rate of the switches')
-    p.add_argument('--hessian', default='fisher', choices=METHODS,
-                   help='curvature estimator (default: fisher, as search.py; README compares the three)')
+    p.add_argument('--hessian', default='fisher', choices=METHODS, help='curvature estimator (as search.py)')
     p.add_argument('--hessian_batches', type=int, default=20, help='training batches for the curvature')
     p.add_argument('--finetune_epochs', type=int, default=6, help='fine-tuning epochs after pruning')
     p.add_argument('--batch_size', type=int, default=64)
@@ -92,8 +87,7 @@ def build_parser():
     p.add_argument('--save', default=None, help='run directory (default runs/compress-MODEL-TIME)')
     p.add_argument('--resume', action='store_true', help='continue the run in --save')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: cuda:0 if present, '
-                   'else the CPU)')
+    p.add_argument('--gpu', type=int, default=None, help='CUDA device (default: cuda:0 if present, else CPU)')
     p.add_argument('--deterministic', action='store_true', help='deterministic algorithms and no cuDNN '
                    'autotuning, so that a GPU run repeats exactly (slower; a CPU run always does)')
     p.add_argument('--report_freq', type=int, default=100, help='log every N steps (0: once per epoch)')
