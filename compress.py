@@ -199,16 +199,13 @@ def train_epoch(model, batches, optimizers, lr_of, log, report_freq, what):
 
 
 @torch.no_grad()
-def test_error(model, x, y, mean, std, batch_size=500):
-    """Top-1 error (%) on uint8 images x, the model in eval mode (its mode restored afterwards)."""
+def test_error(model, batches):
+    """Top-1 error (%) over utils.Batches, the model in eval mode (its mode restored afterwards)."""
     was_training = model.training
     model.eval()
-    wrong = 0
-    for i in range(0, len(x), batch_size):
-        logits = model(utils.normalize(x[i:i + batch_size], mean, std))
-        wrong += (logits.argmax(1) != y[i:i + batch_size]).sum().item()
+    wrong = sum((model(x).argmax(1) != y).sum().item() for x, y in batches)
     model.train(was_training)
-    return 100.0 * wrong / max(len(x), 1)
+    return 100.0 * wrong / max(len(batches.x), 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -227,10 +224,8 @@ def schedule(args):
     phases += [Phase(f'iteration {k}', 'penalised', args.epochs_per_iteration)
                for k in range(1, args.iterations + 1)]
     phases.append(Phase('finetune', 'finetune', args.finetune_epochs))
-    if args.compare == 'magnitude':
-        # The same number of epochs BayesNAS trains after the dense phase.
-        phases.append(Phase('magnitude', 'magnitude',
-                            args.iterations * args.epochs_per_iteration + args.finetune_epochs))
+    if args.compare == 'magnitude':     # as many epochs as BayesNAS trains after the dense phase
+        phases.append(Phase('magnitude', 'magnitude', sum(p.epochs for p in phases[1:])))
     return phases
 
 
@@ -266,9 +261,8 @@ class Compression:
         self.model.to(device)
         self.prior = HardPrior(self.model, args.lam)
         self.baseline = build(args.model)[1].to(device) if args.compare == 'magnitude' else None
-        self.batches = utils.Batches(self.data['train_x'], self.data['train_y'], args.batch_size,
-                                     shuffle=True, drop_last=True, augment=self.data_spec['augment'],
-                                     mean=self.data_spec['mean'], std=self.data_spec['std'], seed=args.seed)
+        self.batches = self.batches_of('train', args.batch_size, drop_last=True, augment=self.data_spec['augment'],
+                                       seed=args.seed)
         if len(self.batches) == 0:
             raise utils.UserError(f'--batch_size {args.batch_size} is larger than the training set '
                                   f'({len(self.data["train_x"])} images)')
@@ -359,9 +353,13 @@ class Compression:
         self.run.metric(phase=name, epoch=index + 1, **{f'{prefix}train_loss': loss, f'{prefix}train_error': err})
         self.save()
 
+    def batches_of(self, split, batch_size, shuffle=True, **kwargs):
+        return utils.Batches(self.data[f'{split}_x'], self.data[f'{split}_y'], batch_size, shuffle=shuffle,
+                             mean=self.data_spec['mean'], std=self.data_spec['std'], **kwargs)
+
     def error(self, net):
         """Test error (%): measured and reported, never used for a decision."""
-        return test_error(net, self.data['test_x'], self.data['test_y'], self.data_spec['mean'], self.data_spec['std'])
+        return test_error(net, self.batches_of('test', 500, shuffle=False))
 
     def end_dense(self, name):
         self.progress['dense'] = {k: v.detach().clone() for k, v in self.plain.state_dict().items()}
@@ -371,11 +369,9 @@ class Compression:
         self.run.log(f'dense model: test error {self.progress["results"]["error_dense"]:.2f}%')
 
     def end_penalised(self, name):
-        """Curvature of the training loss w.r.t. every switch at the penalised model, the Laplace
-        update of gamma and omega, and pruning of the units whose gamma fell below the threshold."""
+        """Curvature, Laplace update of gamma and omega, pruning (the module docstring's step 2)."""
         args = self.args
-        batches = utils.Batches(self.data['train_x'], self.data['train_y'], args.batch_size, shuffle=True,
-                                mean=self.data_spec['mean'], std=self.data_spec['std'], seed=args.seed + 1)
+        batches = self.batches_of('train', args.batch_size, seed=args.seed + 1)
         batches.set_epoch(self.progress['phase'])
         curv = switch_curvature(self.model, itertools.islice(batches, args.hessian_batches), args.hessian)
         self.prior.update(curv)
@@ -393,8 +389,7 @@ class Compression:
         prune.fold_switches(self.model)
 
     def export(self, net, filename, what, masked_key, pruned_key):
-        """Write the physically pruned network to filename; log and keep the test errors of the masked
-        network and of the pruned one."""
+        """Write the physically pruned network to filename; keep and log the test errors of both."""
         res = self.progress['results']
         res[masked_key] = self.error(net)
         pruned = prune.physical_prune(net)
@@ -408,13 +403,10 @@ class Compression:
 
     def start_magnitude(self):
         """The dense weights, pruned by weight norm to the BayesNAS model's units per layer."""
-        layers = list(self.baseline)
-        nn.Sequential(*[m for m in layers if not isinstance(m, Switch)]).load_state_dict(self.progress['dense'])
-        with torch.no_grad():
-            for m in layers:
-                if isinstance(m, Switch):
-                    m.s.fill_(1)
-                    m.mask.fill_(1)
+        # The baseline's switches are still as built (1, nothing masked): a checkpoint taken within
+        # this phase comes after its first epoch, and a resumed run then skips this start.
+        plain = nn.Sequential(*[m for m in self.baseline if not isinstance(m, Switch)])
+        plain.load_state_dict(self.progress['dense'])
         prune.magnitude_prune(self.baseline, [u.live for u in prune.layer_units(self.model)])
         err = self.progress['results']['error_magnitude_before_finetune'] = self.error(self.baseline)
         units = prune.units_string(prune.layer_units(self.baseline), 'live')
