@@ -532,36 +532,22 @@ def report_lines(r):
                           f'fewer, wall time {utils.format_time(r["wall_time_s"])}']
 
 
-def pyplot():
-    import matplotlib
-    matplotlib.use('Agg')  # files only
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(fig, path):
-    fig.tight_layout()
-    utils.save_figure_atomic(fig, path, dpi=100)
-    pyplot().close(fig)
-
-
 def plot_units(report, path):
     """Bars of the units per layer of the dense, BayesNAS and magnitude networks."""
     kinds = [k for k in REPORT_COLUMNS if k in report['params']]
     labels = [row['layer'] for row in report['layers']]
     width = 0.8 / len(kinds)
-    fig, ax = pyplot().subplots(figsize=(max(5, 0.8 * len(labels) + 2), 3.5))
-    for j, k in enumerate(kinds):
-        xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(labels))]
-        bars = ax.bar(xs, [row[k] for row in report['layers']], width, label=REPORT_COLUMNS[k])
-        if len(labels) <= 6:
-            ax.bar_label(bars, fontsize=7)
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_ylabel('units')
-    ax.set_title(f'{report["model"]}: units per layer, {report["units"]["dense"]} -> {report["units"]["bayesnas"]}',
-                 fontsize=9)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+    with utils.figure(path, figsize=(max(5, 0.8 * len(labels) + 2), 3.5)) as ax:
+        for j, k in enumerate(kinds):
+            xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(labels))]
+            bars = ax.bar(xs, [row[k] for row in report['layers']], width, label=REPORT_COLUMNS[k])
+            if len(labels) <= 6:
+                ax.bar_label(bars, fontsize=7)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_ylabel('units')
+        ax.set_title(f'{report["model"]}: units per layer, {report["units"]["dense"]} -> '
+                     f'{report["units"]["bayesnas"]}', fontsize=9)
+        ax.legend(fontsize=8)
 
 
 def plot_curves(metrics_path, path, phases):
@@ -575,27 +561,26 @@ def plot_curves(metrics_path, path, phases):
         points = {r['epoch']: r[key] for r in records if key in r and 'epoch' in r}
         return sorted(points), [points[e] for e in sorted(points)]
 
-    fig, axes = pyplot().subplots(2, 1, figsize=(6.5, 5.5), sharex=True)
-    for ax, what in zip(axes, ('loss', 'error')):
-        ax.plot(*series(f'train_{what}'), marker='.', label='BayesNAS (dense, penalised, fine-tuned)')
-        xs, ys = series(f'baseline_train_{what}')
+    # The magnitude phase comes last: the epochs before each phase are BayesNAS's.
+    starts = itertools.accumulate((p.epochs for p in phases), initial=0)
+    penalised = [(s + 0.5, s + p.epochs + 0.5) for s, p in zip(starts, phases) if p.kind == 'penalised']
+    with utils.figure(path, 2, 1, figsize=(6.5, 5.5), sharex=True) as axes:
+        for ax, what in zip(axes, ('loss', 'error')):
+            ax.plot(*series(f'train_{what}'), marker='.', label='BayesNAS (dense, penalised, fine-tuned)')
+            xs, ys = series(f'baseline_train_{what}')
+            if xs:
+                ax.plot(xs, ys, marker='.', label='magnitude baseline')
+            for span in penalised:
+                ax.axvspan(*span, color='0.9', zorder=0)
+            ax.set_ylabel(f'train {what}' + (' %' if what == 'error' else ''))
+            ax.grid(alpha=0.3)
+        xs, ys = series('masked_error')
         if xs:
-            ax.plot(xs, ys, marker='.', label='magnitude baseline')
-        start = 0
-        for _, kind, epochs in phases:
-            if kind == 'penalised':
-                ax.axvspan(start + 0.5, start + epochs + 0.5, color='0.9', zorder=0)
-            start += epochs if kind != 'magnitude' else 0
-        ax.set_ylabel(f'train {what}' + (' %' if what == 'error' else ''))
-        ax.grid(alpha=0.3)
-    xs, ys = series('masked_error')
-    if xs:
-        axes[1].plot(xs, ys, 's', color='C3', label='masked test error after pruning')
-    axes[0].set_yscale('log')
-    axes[0].set_title('training curves (grey: penalised iterations)', fontsize=9)
-    axes[1].set_xlabel('epoch')
-    axes[1].legend(fontsize=7)
-    save_figure(fig, path)
+            axes[1].plot(xs, ys, 's', color='C3', label='masked test error after pruning')
+        axes[0].set_yscale('log')
+        axes[0].set_title('training curves (grey: penalised iterations)', fontsize=9)
+        axes[1].set_xlabel('epoch')
+        axes[1].legend(fontsize=7)
 
 
 # ----------------------------------------------------------------------------------------------------
