@@ -229,20 +229,14 @@ def schedule(args):
     return phases
 
 
-def keep_strongest(model, prior, threshold):
+def keep_strongest(prior, threshold):
     """No layer may lose its last unit (the network would output a constant): if every live unit of a
     switch is below the threshold, the one with the largest gamma is raised to it."""
-    # The prior's group indices of each switch's entries, in the order HardPrior numbered them.
-    sizes = [sw.s.numel() for _, sw in prior.switches]
-    groups = {name: ids for (name, _), ids in zip(prior.switches, prior.gid.split(sizes))}
-    for name, sw in model.named_modules():
-        if not isinstance(sw, Switch):
-            continue
-        ids = groups[name]
+    # prior.gid holds the group index of every switch entry, switch after switch.
+    for ids in prior.gid.split([sw.s.numel() for _, sw in prior.switches]):
         gamma, live = prior.gamma[ids], ~prior.pruned[ids]
         if live.any() and not (live & (gamma >= threshold)).any():
-            best = ids[torch.where(live, gamma, torch.full_like(gamma, -math.inf)).argmax()]
-            prior.gamma[best] = threshold
+            prior.gamma[ids[torch.where(live, gamma, -math.inf).argmax()]] = threshold
 
 
 class Compression:
@@ -375,7 +369,7 @@ class Compression:
         batches.set_epoch(self.progress['phase'])
         curv = switch_curvature(self.model, itertools.islice(batches, args.hessian_batches), args.hessian)
         self.prior.update(curv)
-        keep_strongest(self.model, self.prior, args.threshold)
+        keep_strongest(self.prior, args.threshold)
         newly = self.prior.prune(args.threshold)
         units = prune.layer_units(self.model)
         record = dict(pruned=len(newly), units=[u.live for u in units], masked_error=self.error(self.model))
