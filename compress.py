@@ -272,9 +272,8 @@ class Compression:
     def save(self):
         # run_files: how far log.txt and metrics.jsonl were written, for a resumed run to rewind to.
         state = dict(self.progress, elapsed=self.elapsed(), kind='compress', run_files=self.run.sizes(),
-                     args=vars(self.args),
-                     model=self.model.state_dict(), prior=self.prior.state_dict(), rng=utils.get_rng_state(),
-                     baseline=self.baseline.state_dict() if self.baseline is not None else None)
+                     args=vars(self.args), model=self.model.state_dict(), prior=self.prior.state_dict(),
+                     rng=utils.get_rng_state(), baseline=None if self.baseline is None else self.baseline.state_dict())
         utils.save_checkpoint(state, self.run.file('checkpoint.pt'))
 
     def restore(self, state):
@@ -359,8 +358,8 @@ class Compression:
         self.progress['dense'] = {k: v.detach().clone() for k, v in self.plain.state_dict().items()}
         utils.save_checkpoint(dict(model=self.args.model, state_dict=self.progress['dense']),
                               self.run.file('dense_model.pt'))
-        self.progress['results']['error_dense'] = self.error(self.model)
-        self.run.log(f'dense model: test error {self.progress["results"]["error_dense"]:.2f}%')
+        err = self.progress['results']['error_dense'] = self.error(self.model)
+        self.run.log(f'dense model: test error {err:.2f}%')
 
     def end_penalised(self, name):
         """Curvature, Laplace update of gamma and omega, pruning (the module docstring's step 2)."""
@@ -397,8 +396,8 @@ class Compression:
 
     def start_magnitude(self):
         """The dense weights, pruned by weight norm to the BayesNAS model's units per layer."""
-        # The baseline's switches are still as built (1, nothing masked): a checkpoint taken within
-        # this phase comes after its first epoch, and a resumed run then skips this start.
+        # The baseline's switches are still as built (1, nothing masked): every checkpoint taken before
+        # this phase's first epoch holds it so.
         plain = nn.Sequential(*[m for m in self.baseline if not isinstance(m, Switch)])
         plain.load_state_dict(self.progress['dense'])
         prune.magnitude_prune(self.baseline, [u.live for u in prune.layer_units(self.model)])
@@ -463,7 +462,7 @@ def load_pruned(path):
 # Report
 # ----------------------------------------------------------------------------------------------------
 
-REPORT_COLUMNS = {'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnitude'}     # in order
+REPORT_COLUMNS = {'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnitude'}     # the table's, in order
 
 
 def make_report(comp):
@@ -515,13 +514,13 @@ def report_lines(r):
     rows.append(('error %', [f'{e[k]:.2f}' for k in kinds]))
     width = max(len(v) for _, values in rows for v in values) + 2
     lines = [f'{label:<10}' + ''.join(f'{v:>{width}}' for v in values) for label, values in rows]
-    before = e['bayesnas_before_finetune']
-    text = (f'test error: dense {e["dense"]:.2f}%, BayesNAS {e["bayesnas"]:.2f}% (physically pruned '
-            f'{e["bayesnas_pruned"]:.2f}%' + ('' if before is None else f', before fine-tuning {before:.2f}%') + ')')
-    if 'magnitude' in e:
-        text += (f', magnitude {e["magnitude"]:.2f}% (physically pruned {e["magnitude_pruned"]:.2f}%, '
-                 f'before fine-tuning {e["magnitude_before_finetune"]:.2f}%)')
-    return lines + [text, f'units {r["units"]["dense"]} -> {r["units"]["bayesnas"]}, parameters '
+    errors = [f'dense {e["dense"]:.2f}%']
+    for k in kinds[1:]:
+        more = [f'physically pruned {e[k + "_pruned"]:.2f}%']
+        if e[k + '_before_finetune'] is not None:      # BayesNAS without iterations has none
+            more.append(f'before fine-tuning {e[k + "_before_finetune"]:.2f}%')
+        errors.append(f'{REPORT_COLUMNS[k]} {e[k]:.2f}% ({", ".join(more)})')
+    return lines + ['test error: ' + ', '.join(errors), f'units {r["units"]["dense"]} -> {r["units"]["bayesnas"]}, parameters '
                           f'{r["compression"]["bayesnas"]:.1f}x fewer, multiply-adds {r["speedup"]["bayesnas"]:.1f}x '
                           f'fewer, wall time {utils.format_time(r["wall_time_s"])}']
 
