@@ -14,7 +14,7 @@ optionally the flattened inputs of the first linear layer) gets a switch (prune.
      lambda * sum_g omega_g |s_g|, then the curvature of the training loss w.r.t. every switch
      (--hessian), the Laplace update of gamma and omega, and pruning of the units whose gamma falls
      below --threshold (a layer always keeps its strongest unit);
-  3. fine-tuning of the network itself, the switches folded into its weights and frozen;
+  3. fine-tuning of the network itself, at the weights' own rate: the switches are folded into them;
   4. physical pruning: the masked network becomes a smaller nn.Sequential with the same outputs;
   5. with --compare magnitude: the dense network pruned by weight norm to the same units per layer
      and fine-tuned for as many epochs as BayesNAS trained after the dense phase.
@@ -30,11 +30,6 @@ Why so (README, "Compression (compress.py)", has the measurements):
 Run directory (--save): log.txt, args.json, metrics.jsonl, checkpoint.pt, dense_model.pt (for
 --pretrained), pruned_model.pt and magnitude_model.pt (load_pruned(path) gives an nn.Sequential),
 report.json, units.png and curves.png.
-
-Adding a CNN: a function returning it as one flat nn.Sequential (prune.py says of which layers), in
-MODELS with its data set; prune.chain(net) flattens a torchvision-style network, e.g.
-    MODELS['vgg11_tv'] = dict(build=lambda: prune.chain(torchvision.models.vgg11_bn(num_classes=10)),
-                              data='cifar10', flat_switch=False)
 """
 import argparse
 import itertools
@@ -147,7 +142,9 @@ def vgg16(num_classes=10):
 
 
 # flat_switch: also put a switch on the flattened features that enter the first linear layer (for
-# LeNet-300-100 these are the input pixels, as in the compression literature's 784-300-100).
+# LeNet-300-100 these are the input pixels, as in the compression literature's 784-300-100). Another
+# CNN goes here as a function returning one flat nn.Sequential (prune.py says of which layers), e.g.
+# build=lambda: prune.chain(torchvision.models.vgg11_bn(num_classes=10)) for a torchvision network.
 MODELS = {
     'lenet300': dict(build=lenet300, data='mnist', flat_switch=True),
     'lenet5': dict(build=lenet5, data='mnist', flat_switch=True),
@@ -520,9 +517,10 @@ def report_lines(r):
         if e[k + '_before_finetune'] is not None:      # BayesNAS without iterations has none
             more.append(f'before fine-tuning {e[k + "_before_finetune"]:.2f}%')
         errors.append(f'{REPORT_COLUMNS[k]} {e[k]:.2f}% ({", ".join(more)})')
-    return lines + ['test error: ' + ', '.join(errors), f'units {r["units"]["dense"]} -> {r["units"]["bayesnas"]}, parameters '
-                          f'{r["compression"]["bayesnas"]:.1f}x fewer, multiply-adds {r["speedup"]["bayesnas"]:.1f}x '
-                          f'fewer, wall time {utils.format_time(r["wall_time_s"])}']
+    return lines + ['test error: ' + ', '.join(errors),
+                    f'units {r["units"]["dense"]} -> {r["units"]["bayesnas"]}, parameters '
+                    f'{r["compression"]["bayesnas"]:.1f}x fewer, multiply-adds {r["speedup"]["bayesnas"]:.1f}x '
+                    f'fewer, wall time {utils.format_time(r["wall_time_s"])}']
 
 
 def plot_units(report, path):
