@@ -330,8 +330,7 @@ class Compression:
                 return lr0
             return 0.5 * lr0 * (1 + math.cos(math.pi * (e * n + step) / total))
 
-        # The epoch's place in the data order; the baseline sees the batches BayesNAS saw after the
-        # dense phase.
+        # Its place in the data order: the baseline sees the batches BayesNAS saw after the dense phase.
         index = e + (self.phases[0].epochs if kind == 'magnitude' else self.epochs_before(self.progress['phase']))
         self.batches.set_epoch(index)
         loss, err = train_epoch(net, self.batches, optimizers, lr_of, self.run.log, self.args.report_freq, name)
@@ -466,8 +465,7 @@ def make_report(comp):
     """report.json, the table in the log, units.png and curves.png of a finished run."""
     run, res = comp.run, comp.progress['results']
     model_units = prune.layer_units(comp.model)
-    # (network, units per layer, file); comp.plain shares its layers with the switched model: its
-    # shapes are the dense network's.
+    # (network, units per layer, file); comp.plain shares the switched model's layers, at dense shapes.
     nets = {'dense': (comp.plain, [u.total for u in model_units], 'dense_model.pt'),
             'bayesnas': (prune.physical_prune(comp.model), [u.live for u in model_units], 'pruned_model.pt')}
     error = dict(dense=res['error_dense'], bayesnas=res['error_masked'], bayesnas_pruned=res['error_pruned'],
