@@ -7,44 +7,29 @@
         --batch_size 128 --iterations 3 --epochs_per_iteration 10 --finetune_epochs 40
     python compress.py --save runs/lenet5 --resume          # continue an interrupted run
 
-Every prunable unit group of a CNN - the filters of a conv layer, the neurons of a hidden linear layer,
-optionally the flattened inputs of the first fully connected layer - gets a switch (prune.py). The run,
-in one process and one run directory (--save):
+Every prunable unit group of a CNN (the filters of a conv layer, the neurons of a hidden linear layer,
+optionally the flattened inputs of the first linear layer) gets a switch (prune.py). A run:
   1. dense training for --epochs, or the dense weights of an earlier run (--pretrained);
   2. --iterations times: --epochs_per_iteration epochs of weights and switches with the penalty
      lambda * sum_g omega_g |s_g|, then the curvature of the training loss w.r.t. every switch
      (--hessian), the Laplace update of gamma and omega, and pruning of the units whose gamma falls
      below --threshold (a layer always keeps its strongest unit);
-  3. the switches are folded into the weights and the network is fine-tuned, switches frozen;
+  3. fine-tuning of the network itself, at the weights' own rate: the switches are folded into them;
   4. physical pruning: the masked network becomes a smaller nn.Sequential with the same outputs;
   5. with --compare magnitude: the dense network pruned by weight norm to the same units per layer
      and fine-tuned for as many epochs as BayesNAS trained after the dense phase.
-The test set is only measured, never used for a decision. --resume continues from the last completed
-epoch to the same result; only --data, --gpu, --deterministic and --report_freq may change.
+The test set is only measured, never used for a decision; --resume continues to the same result.
 
 Why so (README, "Compression (compress.py)", has the measurements):
   * The prior starts at gamma = omega = 1: the dense network fits its training images almost
     perfectly, so its curvature, and the penalty a first pass would give, are too small to prune.
-  * The penalty is a proximal step (HardPrior.proximal_step) with Adam's per-switch step size
-    (hessian.ProxAdam): a switch can reach exactly 0, where gamma = 0 prunes it, and where it stops
-    depends on lambda and omega, not on a learning rate that would have to suit input pixels and
-    last-layer neurons alike. With omega = 1, a switch survives roughly where its curvature exceeds
-    lambda.
-  * Fine-tuning trains the exported network itself (prune.fold_switches), at the weights' own rate.
+  * SGD for the weights, cosine decay except while the switches train; proximal Adam without weight
+    decay for the switches, for the reasons hessian.ProxAdam gives.
   * The curvature is the Monte-Carlo Fisher, as in search.py, so that lambda means the same in both.
-  * SGD for the weights, cosine decay except while the switches train; no weight decay on the
-    switches: the prior is their regulariser.
 
---data holds MNIST/raw (lenet300, lenet5) or cifar-10-batches-py (vgg16). Run directory: log.txt,
-args.json, metrics.jsonl (per epoch and pruning step), checkpoint.pt (after every epoch and phase),
-dense_model.pt (for --pretrained), pruned_model.pt and magnitude_model.pt (compress.load_pruned(path)
-gives an ordinary nn.Sequential), report.json (units, parameters, multiply-adds, errors, file sizes,
-wall time), units.png and curves.png.
-
-Adding a CNN: a function returning it as one flat nn.Sequential (prune.py says of which layers), in
-MODELS with its data set; prune.chain(net) flattens a torchvision-style network, e.g.
-    MODELS['vgg11_tv'] = dict(build=lambda: prune.chain(torchvision.models.vgg11_bn(num_classes=10)),
-                              data='cifar10', flat_switch=False)
+Run directory (--save): log.txt, args.json, metrics.jsonl, checkpoint.pt, dense_model.pt (for
+--pretrained), pruned_model.pt and magnitude_model.pt (load_pruned(path) gives an nn.Sequential),
+report.json, units.png and curves.png.
 """
 import argparse
 import itertools
@@ -85,8 +70,7 @@ def build_parser():
                    help='temperature lambda (> 0) of the HARD prior and weight of the penalty: larger is sparser')
     p.add_argument('--threshold', type=float, default=0.01, help='prune units whose gamma falls below this')
     p.add_argument('--switch_lr', type=float, default=0.01, help='Adam learning rate of the switches')
-    p.add_argument('--hessian', default='fisher', choices=METHODS,
-                   help='curvature estimator (default: fisher, as search.py; README compares the three)')
+    p.add_argument('--hessian', default='fisher', choices=METHODS, help='curvature estimator (as search.py)')
     p.add_argument('--hessian_batches', type=int, default=20, help='training batches for the curvature')
     p.add_argument('--finetune_epochs', type=int, default=6, help='fine-tuning epochs after pruning')
     p.add_argument('--batch_size', type=int, default=64)
@@ -98,8 +82,7 @@ def build_parser():
     p.add_argument('--save', default=None, help='run directory (default runs/compress-MODEL-TIME)')
     p.add_argument('--resume', action='store_true', help='continue the run in --save')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: cuda:0 if present, '
-                   'else the CPU)')
+    p.add_argument('--gpu', type=int, default=None, help='CUDA device (default: cuda:0 if present, else CPU)')
     p.add_argument('--deterministic', action='store_true', help='deterministic algorithms and no cuDNN '
                    'autotuning, so that a GPU run repeats exactly (slower; a CPU run always does)')
     p.add_argument('--report_freq', type=int, default=100, help='log every N steps (0: once per epoch)')
@@ -108,19 +91,15 @@ def build_parser():
 
 def check_args(a):
     """UserError for the first value out of range."""
-    rules = [
-        (a.lam > 0, f'--lambda must be > 0, got {a.lam}'),
-        (a.threshold >= 0, f'--threshold must be >= 0, got {a.threshold}'),
-        (a.learning_rate > 0, f'--learning_rate must be > 0, got {a.learning_rate}'),
-        (a.switch_lr > 0, f'--switch_lr must be > 0, got {a.switch_lr}'),
-        (0 <= a.momentum < 1, f'--momentum must be in [0, 1), got {a.momentum}'),
-        (a.weight_decay >= 0, f'--weight_decay must be >= 0, got {a.weight_decay}'),
-        (a.batch_size >= 1, f'--batch_size must be >= 1, got {a.batch_size}'),
-        (a.hessian_batches >= 1, f'--hessian_batches must be >= 1, got {a.hessian_batches}'),
-        (a.report_freq >= 0, f'--report_freq must be >= 0, got {a.report_freq}'),
-    ]
-    rules += [(getattr(a, k) >= 0, f'--{k} must be >= 0, got {getattr(a, k)}')
-              for k in ('epochs', 'iterations', 'epochs_per_iteration', 'finetune_epochs')]
+    bounds = [('lambda', a.lam, '> 0'), ('threshold', a.threshold, '>= 0'),
+              ('learning_rate', a.learning_rate, '> 0'), ('switch_lr', a.switch_lr, '> 0'),
+              ('momentum', a.momentum, 'in [0, 1)'), ('weight_decay', a.weight_decay, '>= 0'),
+              ('batch_size', a.batch_size, '>= 1'), ('hessian_batches', a.hessian_batches, '>= 1')]
+    bounds += [(k, getattr(a, k), '>= 0') for k in
+               ('report_freq', 'epochs', 'iterations', 'epochs_per_iteration', 'finetune_epochs')]
+    within = {'> 0': lambda v: v > 0, '>= 0': lambda v: v >= 0, '>= 1': lambda v: v >= 1,
+              'in [0, 1)': lambda v: 0 <= v < 1}
+    rules = [(within[bound](v), f'--{flag} must be {bound}, got {v}') for flag, v, bound in bounds]
     rules.append((a.epochs != 0 or a.pretrained,
                   '--epochs 0 would compress an untrained network; train it (--epochs 1 or more) or give '
                   'its dense weights with --pretrained DENSE_MODEL.pt'))
@@ -163,7 +142,9 @@ def vgg16(num_classes=10):
 
 
 # flat_switch: also put a switch on the flattened features that enter the first linear layer (for
-# LeNet-300-100 these are the input pixels, as in the compression literature's 784-300-100).
+# LeNet-300-100 these are the input pixels, as in the compression literature's 784-300-100). Another
+# CNN goes here as a function returning one flat nn.Sequential (prune.py says of which layers), e.g.
+# build=lambda: prune.chain(torchvision.models.vgg11_bn(num_classes=10)) for a torchvision network.
 MODELS = {
     'lenet300': dict(build=lenet300, data='mnist', flat_switch=True),
     'lenet5': dict(build=lenet5, data='mnist', flat_switch=True),
@@ -171,8 +152,9 @@ MODELS = {
 }
 
 DATASETS = {
-    'mnist': dict(shape=(1, 28, 28), mean=utils.MNIST_MEAN, std=utils.MNIST_STD, augment=None),
-    'cifar10': dict(shape=(3, 32, 32), mean=utils.CIFAR_MEAN, std=utils.CIFAR_STD,
+    'mnist': dict(load=utils.load_mnist, shape=(1, 28, 28), mean=utils.MNIST_MEAN, std=utils.MNIST_STD,
+                  augment=None),
+    'cifar10': dict(load=utils.load_cifar10, shape=(3, 32, 32), mean=utils.CIFAR_MEAN, std=utils.CIFAR_STD,
                     augment=dict(crop_pad=4, flip=True)),
 }
 
@@ -184,60 +166,43 @@ def build(name):
     return plain, prune.add_switches(plain, spec['flat_switch'])
 
 
-def load_data(root, dataset, device):
-    if dataset == 'mnist':
-        return utils.load_mnist(root, device=device)
-    return utils.load_cifar10(root, device=device)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Training: SGD for the weights, proximal Adam for the switches
 # ----------------------------------------------------------------------------------------------------
 
-def weight_optimizer(seq, args):
-    """SGD with momentum and weight decay over every parameter but the switches."""
-    return torch.optim.SGD(prune.weight_parameters(seq), lr=args.learning_rate, momentum=args.momentum,
-                           weight_decay=args.weight_decay)
-
-
-def train_epoch(model, batches, optimizer, lr_of, switch_opt=None, log=None, report_freq=0, what=''):
-    """One pass over `batches`; lr_of(step) gives the weights' learning rate at each step, switch_opt
-    (a hessian.ProxAdam) trains the switches too. Returns (mean loss, error %)."""
+def train_epoch(model, batches, optimizers, lr_of, log, report_freq, what):
+    """One pass over `batches`, every optimiser stepping after each backward pass; lr_of(step) is the
+    learning rate of the first (the weights'). Returns (mean loss, error %)."""
     model.train()
     loss_m, acc_m = utils.AverageMeter(), utils.AverageMeter()
     for step, (x, y) in enumerate(batches):
         lr = lr_of(step)
-        for group in optimizer.param_groups:
+        for group in optimizers[0].param_groups:
             group['lr'] = lr
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         utils.check_finite(loss, f'{what}: training loss')
-        optimizer.zero_grad(set_to_none=True)
-        if switch_opt is not None:
-            switch_opt.zero_grad()
+        for opt in optimizers:
+            opt.zero_grad()
         loss.backward()
-        optimizer.step()
-        if switch_opt is not None:
-            switch_opt.step()
+        for opt in optimizers:
+            opt.step()
         loss_m.update(loss.item(), len(y))
         acc_m.update(utils.accuracy(logits.detach(), y)[0], len(y))
-        if log is not None and report_freq and (step + 1) % report_freq == 0:
+        if report_freq and (step + 1) % report_freq == 0:
             log(f'{what} step {step + 1}/{len(batches)} loss {loss_m.avg:.4f} error {100 - acc_m.avg:.2f}% '
                 f'lr {lr:.4g}')
     return loss_m.avg, 100 - acc_m.avg
 
 
 @torch.no_grad()
-def test_error(model, x, y, mean, std, batch_size=500):
-    """Top-1 error (%) on uint8 images x, the model in eval mode (its mode restored afterwards)."""
+def test_error(model, batches):
+    """Top-1 error (%) over utils.Batches, the model in eval mode (its mode restored afterwards)."""
     was_training = model.training
     model.eval()
-    wrong = 0
-    for i in range(0, len(x), batch_size):
-        logits = model(utils.normalize(x[i:i + batch_size], mean, std))
-        wrong += (logits.argmax(1) != y[i:i + batch_size]).sum().item()
+    wrong = sum((model(x).argmax(1) != y).sum().item() for x, y in batches)
     model.train(was_training)
-    return 100.0 * wrong / max(len(x), 1)
+    return 100.0 * wrong / max(len(batches.x), 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -256,27 +221,19 @@ def schedule(args):
     phases += [Phase(f'iteration {k}', 'penalised', args.epochs_per_iteration)
                for k in range(1, args.iterations + 1)]
     phases.append(Phase('finetune', 'finetune', args.finetune_epochs))
-    if args.compare == 'magnitude':
-        # The same number of epochs BayesNAS trains after the dense phase.
-        phases.append(Phase('magnitude', 'magnitude',
-                            args.iterations * args.epochs_per_iteration + args.finetune_epochs))
+    if args.compare == 'magnitude':     # as many epochs as BayesNAS trains after the dense phase
+        phases.append(Phase('magnitude', 'magnitude', sum(p.epochs for p in phases[1:])))
     return phases
 
 
-def keep_strongest(model, prior, threshold):
+def keep_strongest(prior, threshold):
     """No layer may lose its last unit (the network would output a constant): if every live unit of a
     switch is below the threshold, the one with the largest gamma is raised to it."""
-    # The prior's group indices of each switch's entries, in the order HardPrior numbered them.
-    sizes = [sw.s.numel() for _, sw in prior.switches]
-    groups = {name: ids for (name, _), ids in zip(prior.switches, prior.gid.split(sizes))}
-    for name, sw in model.named_modules():
-        if not isinstance(sw, Switch):
-            continue
-        ids = groups[name]
+    # prior.gid holds the group index of every switch entry, switch after switch.
+    for ids in prior.gid.split([sw.s.numel() for _, sw in prior.switches]):
         gamma, live = prior.gamma[ids], ~prior.pruned[ids]
         if live.any() and not (live & (gamma >= threshold)).any():
-            best = ids[torch.where(live, gamma, torch.full_like(gamma, -math.inf)).argmax()]
-            prior.gamma[best] = threshold
+            prior.gamma[ids[torch.where(live, gamma, -math.inf).argmax()]] = threshold
 
 
 class Compression:
@@ -295,9 +252,8 @@ class Compression:
         self.model.to(device)
         self.prior = HardPrior(self.model, args.lam)
         self.baseline = build(args.model)[1].to(device) if args.compare == 'magnitude' else None
-        self.batches = utils.Batches(self.data['train_x'], self.data['train_y'], args.batch_size,
-                                     shuffle=True, drop_last=True, augment=self.data_spec['augment'],
-                                     mean=self.data_spec['mean'], std=self.data_spec['std'], seed=args.seed)
+        self.batches = self.batches_of('train', args.batch_size, drop_last=True, augment=self.data_spec['augment'],
+                                       seed=args.seed)
         if len(self.batches) == 0:
             raise utils.UserError(f'--batch_size {args.batch_size} is larger than the training set '
                                   f'({len(self.data["train_x"])} images)')
@@ -313,9 +269,8 @@ class Compression:
     def save(self):
         # run_files: how far log.txt and metrics.jsonl were written, for a resumed run to rewind to.
         state = dict(self.progress, elapsed=self.elapsed(), kind='compress', run_files=self.run.sizes(),
-                     args=vars(self.args),
-                     model=self.model.state_dict(), prior=self.prior.state_dict(), rng=utils.get_rng_state(),
-                     baseline=self.baseline.state_dict() if self.baseline is not None else None)
+                     args=vars(self.args), model=self.model.state_dict(), prior=self.prior.state_dict(),
+                     rng=utils.get_rng_state(), baseline=None if self.baseline is None else self.baseline.state_dict())
         utils.save_checkpoint(state, self.run.file('checkpoint.pt'))
 
     def restore(self, state):
@@ -334,45 +289,39 @@ class Compression:
     # -- the phases ----------------------------------------------------------------------------------
 
     def execute(self):
-        # What each kind of phase does before its first epoch and after its last.
-        starts = {'finetune': self.start_finetune, 'magnitude': self.start_magnitude}
-        ends = {'dense': self.end_dense, 'penalised': self.end_penalised, 'finetune': self.end_finetune,
-                'magnitude': self.end_magnitude}
+        """Each phase: its start_KIND (if any) before the first epoch, the epochs, its end_KIND."""
         while self.progress['phase'] < len(self.phases):
             name, kind, epochs = self.phases[self.progress['phase']]
-            if kind in starts and self.progress['epoch'] == 0:
-                starts[kind]()
+            if hasattr(self, f'start_{kind}') and self.progress['epoch'] == 0:
+                getattr(self, f'start_{kind}')()
             net = self.baseline if kind == 'magnitude' else self.model
-            optimizer, switch_opt = self.optimizers(net, kind)
+            optimizers = self.optimizers(net, kind)
             while self.progress['epoch'] < epochs:
-                self.train_one_epoch(name, kind, epochs, net, optimizer, switch_opt)
-            ends[kind](name)
+                self.train_one_epoch(name, kind, epochs, net, optimizers)
+            getattr(self, f'end_{kind}')(name)
             self.progress.update(phase=self.progress['phase'] + 1, epoch=0, optimizer=None)
             self.save()
 
     def optimizers(self, net, kind):
-        """(SGD for the weights, ProxAdam or None), fresh at a phase's start or as checkpointed.
-        Switches only train in the penalised phases; elsewhere they are frozen."""
+        """[SGD for the weights, then ProxAdam in a penalised phase], fresh at a phase's start or as
+        checkpointed. Switches only train in the penalised phases; elsewhere they are frozen."""
         penalised = kind == 'penalised'
         for p in prune.switch_parameters(net):
             p.requires_grad_(penalised)
-        optimizer = weight_optimizer(net, self.args)
-        switch_opt = ProxAdam(self.prior, self.args.switch_lr) if penalised else None
-        saved = self.progress['optimizer']
-        if saved is not None:
-            optimizer.load_state_dict(saved['weights'])
-            if switch_opt is not None:
-                switch_opt.load_state_dict(saved['switches'])
-        return optimizer, switch_opt
+        a = self.args
+        optimizers = [torch.optim.SGD(prune.weight_parameters(net), lr=a.learning_rate, momentum=a.momentum,
+                                      weight_decay=a.weight_decay)]
+        if penalised:
+            optimizers.append(ProxAdam(self.prior, a.switch_lr))
+        if self.progress['optimizer'] is not None:
+            for opt, key in zip(optimizers, ('weights', 'switches')):
+                opt.load_state_dict(self.progress['optimizer'][key])
+        return optimizers
 
-    def epoch_offset(self, kind):
-        """Index of the phase's first epoch in the data order; the baseline sees the batches that
-        BayesNAS saw after the dense phase."""
-        if kind == 'magnitude':
-            return self.phases[0].epochs
-        return sum(p.epochs for p in self.phases[:self.progress['phase']])
+    def epochs_before(self, phase):
+        return sum(p.epochs for p in self.phases[:phase])
 
-    def train_one_epoch(self, name, kind, epochs, net, optimizer, switch_opt):
+    def train_one_epoch(self, name, kind, epochs, net, optimizers):
         e, n = self.progress['epoch'], len(self.batches)
         lr0, total = self.args.learning_rate, epochs * n
 
@@ -381,88 +330,80 @@ class Compression:
                 return lr0
             return 0.5 * lr0 * (1 + math.cos(math.pi * (e * n + step) / total))
 
-        index = self.epoch_offset(kind) + e
+        # Its place in the data order: the baseline sees the batches BayesNAS saw after the dense phase.
+        index = e + (self.phases[0].epochs if kind == 'magnitude' else self.epochs_before(self.progress['phase']))
         self.batches.set_epoch(index)
-        loss, err = train_epoch(net, self.batches, optimizer, lr_of, switch_opt, self.log, self.args.report_freq, name)
-        self.progress['epoch'] += 1
-        self.progress['optimizer'] = dict(weights=optimizer.state_dict(),
-                                          switches=switch_opt.state_dict() if switch_opt is not None else None)
+        loss, err = train_epoch(net, self.batches, optimizers, lr_of, self.run.log, self.args.report_freq, name)
+        states = [opt.state_dict() for opt in optimizers] + [None]
+        self.progress.update(epoch=e + 1, optimizer=dict(weights=states[0], switches=states[1]))
         penalty = f' penalty {self.prior.penalty().item():.4f}' if kind == 'penalised' else ''
-        self.log(f'{name} epoch {e + 1}/{epochs} train loss {loss:.4f} error {err:.2f}%{penalty}')
+        self.run.log(f'{name} epoch {e + 1}/{epochs} train loss {loss:.4f} error {err:.2f}%{penalty}')
         prefix = 'baseline_' if kind == 'magnitude' else ''
         self.run.metric(phase=name, epoch=index + 1, **{f'{prefix}train_loss': loss, f'{prefix}train_error': err})
         self.save()
 
-    def log(self, msg):
-        self.run.log(msg)
+    def batches_of(self, split, batch_size, shuffle=True, **kwargs):
+        return utils.Batches(self.data[f'{split}_x'], self.data[f'{split}_y'], batch_size, shuffle=shuffle,
+                             mean=self.data_spec['mean'], std=self.data_spec['std'], **kwargs)
 
     def error(self, net):
         """Test error (%): measured and reported, never used for a decision."""
-        return test_error(net, self.data['test_x'], self.data['test_y'], self.data_spec['mean'], self.data_spec['std'])
+        return test_error(net, self.batches_of('test', 500, shuffle=False))
 
     def end_dense(self, name):
         self.progress['dense'] = {k: v.detach().clone() for k, v in self.plain.state_dict().items()}
         utils.save_checkpoint(dict(model=self.args.model, state_dict=self.progress['dense']),
                               self.run.file('dense_model.pt'))
-        self.progress['results']['error_dense'] = self.error(self.model)
-        self.log(f'dense model: test error {self.progress["results"]["error_dense"]:.2f}%')
+        err = self.progress['results']['error_dense'] = self.error(self.model)
+        self.run.log(f'dense model: test error {err:.2f}%')
 
     def end_penalised(self, name):
-        """Curvature of the training loss w.r.t. every switch at the penalised model, the Laplace
-        update of gamma and omega, and pruning of the units whose gamma fell below the threshold."""
+        """Curvature, Laplace update of gamma and omega, pruning (the module docstring's step 2)."""
         args = self.args
-        batches = utils.Batches(self.data['train_x'], self.data['train_y'], args.batch_size, shuffle=True,
-                                mean=self.data_spec['mean'], std=self.data_spec['std'], seed=args.seed + 1)
+        batches = self.batches_of('train', args.batch_size, seed=args.seed + 1)
         batches.set_epoch(self.progress['phase'])
         curv = switch_curvature(self.model, itertools.islice(batches, args.hessian_batches), args.hessian)
         self.prior.update(curv)
-        keep_strongest(self.model, self.prior, args.threshold)
+        keep_strongest(self.prior, args.threshold)
         newly = self.prior.prune(args.threshold)
         units = prune.layer_units(self.model)
-        err = self.error(self.model)
-        self.progress['results'].setdefault('iterations', []).append(
-            dict(iteration=name, pruned=len(newly), units=[u.live for u in units], masked_error=err))
-        self.log(f'{name}: pruned {len(newly)} units, {prune.units_string(units, "total")} -> '
-                 f'{prune.units_string(units, "live")}, masked test error {err:.2f}%')
-        epoch = sum(p.epochs for p in self.phases[:self.progress['phase'] + 1])
-        self.run.metric(phase=name, epoch=epoch, pruned=len(newly), units=[u.live for u in units], masked_error=err)
+        record = dict(pruned=len(newly), units=[u.live for u in units], masked_error=self.error(self.model))
+        self.progress['results'].setdefault('iterations', []).append(dict(iteration=name, **record))
+        self.run.log(f'{name}: pruned {len(newly)} units, {prune.units_string(units, "total")} -> '
+                     f'{prune.units_string(units, "live")}, masked test error {record["masked_error"]:.2f}%')
+        self.run.metric(phase=name, epoch=self.epochs_before(self.progress['phase'] + 1), **record)
 
     def start_finetune(self):
         """The switches' values go into the weights: fine-tuning trains the pruned network itself."""
         prune.fold_switches(self.model)
 
-    def export(self, net, filename):
-        """(test error of the masked network, of the physically pruned one), which goes to filename."""
-        masked = self.error(net)
+    def export(self, net, filename, what, masked_key, pruned_key):
+        """Write the physically pruned network to filename; keep and log the test errors of both."""
+        res = self.progress['results']
+        res[masked_key] = self.error(net)
         pruned = prune.physical_prune(net)
         save_pruned(self.args.model, net, pruned, self.run.file(filename))
-        return masked, self.error(pruned)
+        res[pruned_key] = self.error(pruned)
+        self.run.log(f'{what} fine-tuned: test error masked {res[masked_key]:.2f}%, '
+                     f'physically pruned {res[pruned_key]:.2f}%')
 
     def end_finetune(self, name):
-        res = self.progress['results']
-        res['error_masked'], res['error_pruned'] = self.export(self.model, 'pruned_model.pt')
-        self.log(f'BayesNAS fine-tuned: test error masked {res["error_masked"]:.2f}%, '
-                 f'physically pruned {res["error_pruned"]:.2f}%')
+        self.export(self.model, 'pruned_model.pt', 'BayesNAS', 'error_masked', 'error_pruned')
 
     def start_magnitude(self):
         """The dense weights, pruned by weight norm to the BayesNAS model's units per layer."""
-        layers = list(self.baseline)
-        nn.Sequential(*[m for m in layers if not isinstance(m, Switch)]).load_state_dict(self.progress['dense'])
-        with torch.no_grad():
-            for m in layers:
-                if isinstance(m, Switch):
-                    m.s.fill_(1)
-                    m.mask.fill_(1)
+        # The baseline's switches are still as built (1, nothing masked): every checkpoint taken before
+        # this phase's first epoch holds it so.
+        plain = nn.Sequential(*[m for m in self.baseline if not isinstance(m, Switch)])
+        plain.load_state_dict(self.progress['dense'])
         prune.magnitude_prune(self.baseline, [u.live for u in prune.layer_units(self.model)])
         err = self.progress['results']['error_magnitude_before_finetune'] = self.error(self.baseline)
         units = prune.units_string(prune.layer_units(self.baseline), 'live')
-        self.log(f'magnitude baseline: {units} units, test error before fine-tuning {err:.2f}%')
+        self.run.log(f'magnitude baseline: {units} units, test error before fine-tuning {err:.2f}%')
 
     def end_magnitude(self, name):
-        res = self.progress['results']
-        res['error_magnitude'], res['error_magnitude_pruned'] = self.export(self.baseline, 'magnitude_model.pt')
-        self.log(f'magnitude baseline fine-tuned: test error masked {res["error_magnitude"]:.2f}%, '
-                 f'physically pruned {res["error_magnitude_pruned"]:.2f}%')
+        self.export(self.baseline, 'magnitude_model.pt', 'magnitude baseline', 'error_magnitude',
+                    'error_magnitude_pruned')
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -517,40 +458,35 @@ def load_pruned(path):
 # Report
 # ----------------------------------------------------------------------------------------------------
 
-REPORT_COLUMNS = {'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnitude'}     # in order
+REPORT_COLUMNS = {'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnitude'}     # the table's, in order
 
 
 def make_report(comp):
     """report.json, the table in the log, units.png and curves.png of a finished run."""
-    args, run, res = comp.args, comp.run, comp.progress['results']
-    shape = comp.data_spec['shape']
-    # comp.plain shares its layers with the switched model: its shapes are the dense network's.
-    nets = {'dense': comp.plain, 'bayesnas': prune.physical_prune(comp.model)}
+    run, res = comp.run, comp.progress['results']
     model_units = prune.layer_units(comp.model)
-    units = {'dense': [u.total for u in model_units], 'bayesnas': [u.live for u in model_units]}
-    files = {'dense': 'dense_model.pt', 'bayesnas': 'pruned_model.pt'}
+    # (network, units per layer, file); comp.plain shares the switched model's layers, at dense shapes.
+    nets = {'dense': (comp.plain, [u.total for u in model_units], 'dense_model.pt'),
+            'bayesnas': (prune.physical_prune(comp.model), [u.live for u in model_units], 'pruned_model.pt')}
+    error = dict(dense=res['error_dense'], bayesnas=res['error_masked'], bayesnas_pruned=res['error_pruned'],
+                 bayesnas_before_finetune=res.get('iterations', [{}])[-1].get('masked_error'))
     if comp.baseline is not None:
-        nets['magnitude'] = prune.physical_prune(comp.baseline)
-        units['magnitude'] = [u.live for u in prune.layer_units(comp.baseline)]
-        files['magnitude'] = 'magnitude_model.pt'
-    params = {k: utils.count_params(n) for k, n in nets.items()}
-    macs = {k: utils.count_macs(n, shape) for k, n in nets.items()}
-    last = res.get('iterations', [{}])[-1].get('masked_error')
+        nets['magnitude'] = (prune.physical_prune(comp.baseline),
+                             [u.live for u in prune.layer_units(comp.baseline)], 'magnitude_model.pt')
+        error.update(magnitude=res['error_magnitude'], magnitude_pruned=res['error_magnitude_pruned'],
+                     magnitude_before_finetune=res['error_magnitude_before_finetune'])
+    units = {k: u for k, (_, u, _) in nets.items()}
+    params = {k: utils.count_params(n) for k, (n, _, _) in nets.items()}
+    macs = {k: utils.count_macs(n, comp.data_spec['shape']) for k, (n, _, _) in nets.items()}
     report = dict(
-        model=args.model, dataset=MODELS[args.model]['data'],
+        model=comp.args.model, dataset=MODELS[comp.args.model]['data'],
         layers=[dict(layer=u.label, **{k: v[i] for k, v in units.items()}) for i, u in enumerate(model_units)],
         units={k: '-'.join(map(str, v)) for k, v in units.items()},
         params=params, macs=macs,
         compression={k: params['dense'] / params[k] for k in nets if k != 'dense'},
         speedup={k: macs['dense'] / macs[k] for k in nets if k != 'dense'},
-        file_bytes={k: run.file(f).stat().st_size for k, f in files.items()},
-        error=dict(dense=res['error_dense'], bayesnas=res['error_masked'], bayesnas_pruned=res['error_pruned'],
-                   bayesnas_before_finetune=last,
-                   **({} if comp.baseline is None else dict(
-                       magnitude=res['error_magnitude'], magnitude_pruned=res['error_magnitude_pruned'],
-                       magnitude_before_finetune=res['error_magnitude_before_finetune']))),
-        iterations=res.get('iterations', []),
-        wall_time_s=comp.elapsed())
+        file_bytes={k: run.file(f).stat().st_size for k, (_, _, f) in nets.items()},
+        error=error, iterations=res.get('iterations', []), wall_time_s=comp.elapsed())
     utils.write_text_atomic(run.file('report.json'), json.dumps(report, indent=2) + '\n')
     for line in report_lines(report):
         run.log(line)
@@ -566,92 +502,74 @@ def report_lines(r):
     e = r['error']
     rows = [('layer', [REPORT_COLUMNS[k] for k in kinds])]
     rows += [(row['layer'], [str(row[k]) for k in kinds]) for row in r['layers']]
-    rows += [(what, [f'{r[key][k]:,}' for k in kinds])
-             for what, key in (('params', 'params'), ('MACs', 'macs'), ('file bytes', 'file_bytes'))]
-    rows.append(('params x', ['1.0'] + [f'{r["compression"][k]:.1f}' for k in kinds[1:]]))
-    rows.append(('MACs x', ['1.0'] + [f'{r["speedup"][k]:.1f}' for k in kinds[1:]]))
+    rows += [(label, [f'{r[key][k]:,}' for k in kinds])
+             for label, key in (('params', 'params'), ('MACs', 'macs'), ('file bytes', 'file_bytes'))]
+    rows += [(label, ['1.0'] + [f'{r[key][k]:.1f}' for k in kinds[1:]])
+             for label, key in (('params x', 'compression'), ('MACs x', 'speedup'))]
     rows.append(('error %', [f'{e[k]:.2f}' for k in kinds]))
     width = max(len(v) for _, values in rows for v in values) + 2
     lines = [f'{label:<10}' + ''.join(f'{v:>{width}}' for v in values) for label, values in rows]
-    text = (f'test error: dense {e["dense"]:.2f}%, BayesNAS {e["bayesnas"]:.2f}% (physically pruned '
-            f'{e["bayesnas_pruned"]:.2f}%')
-    if e['bayesnas_before_finetune'] is not None:
-        text += f', before fine-tuning {e["bayesnas_before_finetune"]:.2f}%'
-    text += ')'
-    if 'magnitude' in e:
-        text += (f', magnitude {e["magnitude"]:.2f}% (physically pruned {e["magnitude_pruned"]:.2f}%, '
-                 f'before fine-tuning {e["magnitude_before_finetune"]:.2f}%)')
-    lines.append(text)
-    lines.append(f'units {r["units"]["dense"]} -> {r["units"]["bayesnas"]}, parameters '
-                 f'{r["compression"]["bayesnas"]:.1f}x fewer, multiply-adds {r["speedup"]["bayesnas"]:.1f}x fewer, '
-                 f'wall time {utils.format_time(r["wall_time_s"])}')
-    return lines
+    errors = [f'dense {e["dense"]:.2f}%']
+    for k in kinds[1:]:
+        more = [f'physically pruned {e[k + "_pruned"]:.2f}%']
+        if e[k + '_before_finetune'] is not None:      # BayesNAS without iterations has none
+            more.append(f'before fine-tuning {e[k + "_before_finetune"]:.2f}%')
+        errors.append(f'{REPORT_COLUMNS[k]} {e[k]:.2f}% ({", ".join(more)})')
+    return lines + ['test error: ' + ', '.join(errors),
+                    f'units {r["units"]["dense"]} -> {r["units"]["bayesnas"]}, parameters '
+                    f'{r["compression"]["bayesnas"]:.1f}x fewer, multiply-adds {r["speedup"]["bayesnas"]:.1f}x '
+                    f'fewer, wall time {utils.format_time(r["wall_time_s"])}']
 
 
 def plot_units(report, path):
     """Bars of the units per layer of the dense, BayesNAS and magnitude networks."""
-    import matplotlib
-    matplotlib.use('Agg')  # files only
-    import matplotlib.pyplot as plt
-
     kinds = [k for k in REPORT_COLUMNS if k in report['params']]
     labels = [row['layer'] for row in report['layers']]
     width = 0.8 / len(kinds)
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(labels) + 2), 3.5))
-    for j, k in enumerate(kinds):
-        xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(labels))]
-        values = [row[k] for row in report['layers']]
-        bars = ax.bar(xs, values, width, label=REPORT_COLUMNS[k])
-        if len(labels) <= 6:
-            ax.bar_label(bars, fontsize=7)
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_ylabel('units')
-    ax.set_title(f'{report["model"]}: units per layer, {report["units"]["dense"]} -> {report["units"]["bayesnas"]}',
-                 fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    utils.save_figure_atomic(fig, path, dpi=100)
-    plt.close(fig)
+    with utils.figure(path, figsize=(max(5, 0.8 * len(labels) + 2), 3.5)) as ax:
+        for j, k in enumerate(kinds):
+            xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(labels))]
+            bars = ax.bar(xs, [row[k] for row in report['layers']], width, label=REPORT_COLUMNS[k])
+            if len(labels) <= 6:
+                ax.bar_label(bars, fontsize=7)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_ylabel('units')
+        ax.set_title(f'{report["model"]}: units per layer, {report["units"]["dense"]} -> '
+                     f'{report["units"]["bayesnas"]}', fontsize=9)
+        ax.legend(fontsize=8)
 
 
 def plot_curves(metrics_path, path, phases):
     """Training loss and error per epoch of BayesNAS and of the magnitude baseline (which trains over
     the same epochs as BayesNAS after the dense phase), the penalised epochs shaded, and the masked
     test error after each pruning step."""
-    import matplotlib
-    matplotlib.use('Agg')  # files only
-    import matplotlib.pyplot as plt
-
-    records = utils.read_metrics(metrics_path)      # skips the torn last line of a killed run
+    records = utils.read_metrics(metrics_path)
 
     def series(key):
         # By epoch, the last record winning: an epoch redone after an interruption is drawn once.
         points = {r['epoch']: r[key] for r in records if key in r and 'epoch' in r}
         return sorted(points), [points[e] for e in sorted(points)]
 
-    fig, axes = plt.subplots(2, 1, figsize=(6.5, 5.5), sharex=True)
-    for ax, what in zip(axes, ('loss', 'error')):
-        ax.plot(*series(f'train_{what}'), marker='.', label='BayesNAS (dense, penalised, fine-tuned)')
-        xs, ys = series(f'baseline_train_{what}')
+    # The magnitude phase comes last: the epochs before each phase are BayesNAS's.
+    starts = itertools.accumulate((p.epochs for p in phases), initial=0)
+    penalised = [(s + 0.5, s + p.epochs + 0.5) for s, p in zip(starts, phases) if p.kind == 'penalised']
+    with utils.figure(path, 2, 1, figsize=(6.5, 5.5), sharex=True) as axes:
+        for ax, what in zip(axes, ('loss', 'error')):
+            ax.plot(*series(f'train_{what}'), marker='.', label='BayesNAS (dense, penalised, fine-tuned)')
+            xs, ys = series(f'baseline_train_{what}')
+            if xs:
+                ax.plot(xs, ys, marker='.', label='magnitude baseline')
+            for span in penalised:
+                ax.axvspan(*span, color='0.9', zorder=0)
+            ax.set_ylabel(f'train {what}' + (' %' if what == 'error' else ''))
+            ax.grid(alpha=0.3)
+        xs, ys = series('masked_error')
         if xs:
-            ax.plot(xs, ys, marker='.', label='magnitude baseline')
-        start = 0
-        for _, kind, epochs in phases:
-            if kind == 'penalised':
-                ax.axvspan(start + 0.5, start + epochs + 0.5, color='0.9', zorder=0)
-            start += epochs if kind != 'magnitude' else 0
-        ax.set_ylabel(f'train {what}' + (' %' if what == 'error' else ''))
-        ax.grid(alpha=0.3)
-    xs, ys = series('masked_error')
-    if xs:
-        axes[1].plot(xs, ys, 's', color='C3', label='masked test error after pruning')
-    axes[0].set_yscale('log')
-    axes[0].set_title('training curves (grey: penalised iterations)', fontsize=9)
-    axes[1].set_xlabel('epoch')
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    utils.save_figure_atomic(fig, path, dpi=100)
-    plt.close(fig)
+            axes[1].plot(xs, ys, 's', color='C3', label='masked test error after pruning')
+        axes[0].set_yscale('log')
+        axes[0].set_title('training curves (grey: penalised iterations)', fontsize=9)
+        axes[1].set_xlabel('epoch')
+        axes[1].legend(fontsize=7)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -688,7 +606,7 @@ def main(argv=None):
     args, state = configure(argv)
     device = utils.get_device(args.gpu, args.deterministic)
     # Inputs first: bad data or a wrong --pretrained leaves no run directory behind.
-    data = load_data(args.data, MODELS[args.model]['data'], device)
+    data = DATASETS[MODELS[args.model]['data']]['load'](args.data, device=device)
     dense = read_dense(args.pretrained, args.model) if args.pretrained and state is None else None
     run = utils.RunDir(args.save, args, resume=args.resume,
                        rewind=state.get('run_files') if state is not None else None)

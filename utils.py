@@ -4,6 +4,7 @@ batch-wise augmentation, meters, run directories, atomic checkpoints, model stat
 Device-agnostic: nothing here assumes CUDA; tensors stay on the device they were given.
 """
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -799,6 +800,23 @@ def read_metrics(metrics_path):
                 # A run killed while writing leaves a torn last line; the rest is still good.
                 continue
     return records
+
+
+@contextlib.contextmanager
+def figure(path, *args, dpi=100, **kwargs):
+    """The axes of plt.subplots(*args, **kwargs) for a with block, after which the figure is laid
+    out, written to `path` through save_figure_atomic and closed."""
+    import matplotlib
+    matplotlib.use('Agg')  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield axes
+        fig.tight_layout()
+        save_figure_atomic(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(metrics_path, png_path, keys):

@@ -215,7 +215,7 @@ def test_keep_strongest_leaves_each_layer_one_unit():
     model = nn.Sequential(Switch((4,)), Switch((3,)))
     prior = HardPrior(model, 1e-3)
     prior.gamma = torch.tensor([1e-4, 5e-3, 2e-3, 0.0, 0.5, 1e-5, 0.2], dtype=torch.float64)
-    compress.keep_strongest(model, prior, threshold=0.01)
+    compress.keep_strongest(prior, threshold=0.01)
     prior.prune(0.01)
     assert model[0].mask.tolist() == [0, 1, 0, 0]        # the largest gamma of the first switch stays
     assert model[1].mask.tolist() == [1, 0, 1]

@@ -543,6 +543,18 @@ def test_plot_curves(tmp_path):
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_figure_writes_the_png_and_closes_the_figure(tmp_path):
+    import matplotlib.pyplot as plt
+    open_before = len(plt.get_fignums())
+    with utils.figure(tmp_path / 'f.png', 2, 1, figsize=(3, 2)) as axes:
+        assert len(axes) == 2
+        axes[0].plot([0, 1], [1, 0])
+    assert (tmp_path / 'f.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    with pytest.raises(ZeroDivisionError), utils.figure(tmp_path / 'g.png'):
+        1 / 0
+    assert not (tmp_path / 'g.png').exists() and len(plt.get_fignums()) == open_before
+
+
 # ---------------------------------------------------------------------------------------------
 # Meters and model statistics
 # ---------------------------------------------------------------------------------------------
