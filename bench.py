@@ -7,7 +7,8 @@
 Every figure is the median of repeated runs after warm-up runs, with CUDA synchronised around each:
   1. supernet training step exactly as search.py takes it (forward, cross-entropy + HARD penalty,
      backward, clipping, SGD): images/s and peak memory of the default search network at several
-     batch sizes; fp32, bf16 autocast, channels_last (and torch.compile with --compile);
+     batch sizes; fp32, bf16 autocast, channels_last (and with --compile torch.compile, default mode
+     and CUDA graphs, its compilation timed apart);
   2. each curvature estimator's time per batch as a ratio to one training step on the same batch, and
      how well 'recursive' and 'fisher' rank the switches against the exact 'ggn' (Spearman);
   3. the HARD update + pruning, and the derivation of a genotype;
@@ -53,10 +54,15 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device, warmup, repeats):
-    """Median seconds of fn() over `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
+def timed(fn, device, warmup, repeats, first=None):
+    """Median seconds of fn() over `repeats` calls after `warmup` calls; a list passed as `first`
+    receives the seconds of the first call (where a compiled function compiles)."""
+    for i in range(warmup):
+        t0 = time.perf_counter()
         fn()
+        if i == 0 and first is not None:
+            sync(device)
+            first.append(time.perf_counter() - t0)
     sync(device)
     times = []
     for _ in range(repeats):
@@ -99,13 +105,16 @@ def make_search(cfg, device, batch_size, amp=False, channels_last=False, data=No
 
 
 def variants(device, compile_too):
-    """(name, bf16, channels_last, compile) to measure on this device. The scripts' default is fp32,
-    with channels_last on CUDA (they keep the CPU on the default memory format: see search.py)."""
+    """(name, bf16, channels_last, torch.compile mode or None) to measure on this device. The scripts'
+    default is fp32, with channels_last on CUDA (they keep the CPU on the default memory format: see
+    search.py); 'graphs' is torch.compile's reduce-overhead mode (CUDA graphs), what --compile uses."""
     if device.type != 'cuda':
-        return [('fp32', False, False, False)] + ([('fp32+compile', False, False, True)] if compile_too else [])
-    out = [('fp32', False, False, False), ('fp32+channels_last', False, True, False),
-           ('bf16+channels_last', True, True, False)]
-    return out + ([('fp32+channels_last+compile', False, True, True)] if compile_too else [])
+        return [('fp32', False, False, None)] + ([('fp32+compile', False, False, 'default')] if compile_too else [])
+    out = [('fp32', False, False, None), ('fp32+channels_last', False, True, None),
+           ('bf16+channels_last', True, True, None)]
+    return out + ([('fp32+channels_last+compile', False, True, 'default'),
+                   ('fp32+channels_last+graphs', False, True, 'reduce-overhead'),
+                   ('bf16+channels_last+graphs', True, True, 'reduce-overhead')] if compile_too else [])
 
 
 def search_step_rate(s, device, x, y, cfg):
@@ -116,16 +125,17 @@ def search_step_rate(s, device, x, y, cfg):
 def bench_search_step(cfg, device, compile_too):
     rows = []
     for bs in cfg['batch_sizes']:
-        for name, bf16, cl, comp in variants(device, compile_too):
+        for name, bf16, cl, mode in variants(device, compile_too):
             s = make_search(cfg, device, bs, bf16, cl)
-            if comp:
-                s.model.forward = torch.compile(s.model.forward)
+            if mode:
+                s.forward = torch.compile(s.model, mode=mode, dynamic=False)
             x, y = batch(bs, device)
             reset_peak(device)
-            t0 = time.perf_counter()
-            sec = search_step_rate(s, device, x, y, cfg)
+            t0, first = time.perf_counter(), []
+            s.model.train()
+            sec = timed(lambda: s.train_step(x, y, True), device, cfg['warmup'], cfg['repeats'], first)
             rows.append(dict(batch_size=bs, variant=name, step_s=sec, images_per_s=bs / sec,
-                             peak_mib=peak_mib(device), wall_s=time.perf_counter() - t0))
+                             peak_mib=peak_mib(device), wall_s=time.perf_counter() - t0, first_step_s=first[0]))
             show_search_step(rows[-1])
             del s
     return rows
@@ -227,13 +237,13 @@ def bench_pruned(cfg, device):
 def bench_eval_networks(cfg, device, compile_too):
     rows = []
     for arch in ('DARTS_V2', 'BayesNAS'):
-        for name, bf16, cl, comp in variants(device, compile_too):
+        for name, bf16, cl, mode in variants(device, compile_too):
             torch.manual_seed(0)
             net = NetworkCIFAR(cfg['eval_C'], 10, cfg['eval_layers'], True, genotypes.from_name(arch),
                                drop_path_prob=0.2).to(device)
             if cl:
                 net = net.to(memory_format=torch.channels_last)
-            model = torch.compile(net) if comp else net
+            model = torch.compile(net, mode=mode, dynamic=False) if mode else net
             net.train()
             opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
             x, y = batch(cfg['eval_batch'], device)
@@ -249,10 +259,11 @@ def bench_eval_networks(cfg, device, compile_too):
                 nn.utils.clip_grad_norm_(net.parameters(), 5.0)
                 opt.step()
             reset_peak(device)
-            sec = timed(step, device, cfg['warmup'], cfg['repeats'])
+            first = []
+            sec = timed(step, device, cfg['warmup'], cfg['repeats'], first)
             rows.append(dict(arch=arch, variant=name, params_M=utils.count_params(net) / 1e6,
                              batch_size=cfg['eval_batch'], images_per_s=cfg['eval_batch'] / sec,
-                             peak_mib=peak_mib(device)))
+                             peak_mib=peak_mib(device), first_step_s=first[0]))
             show_eval(rows[-1])
             del net, model, opt
     return rows
@@ -322,6 +333,13 @@ def bench_proxyless(cfg, device):
 # Projection and report
 # ----------------------------------------------------------------------------------------------------
 
+def compilation(row):
+    """The one-off compilation time of a compiled variant's row (its first step less a step)."""
+    if 'compile' not in row['variant'] and 'graphs' not in row['variant']:
+        return 0.0
+    return max(row['first_step_s'] - row['batch_size'] / row['images_per_s'], 0.0)
+
+
 def project(report, cfg):
     """Wall time of a full CIFAR-10 search (default protocol: warm-up epoch on 10 %, switch epoch on
     the other 90 %, Fisher curvature on 20 batches) and of DARTS's 600-epoch retraining."""
@@ -330,7 +348,7 @@ def project(report, cfg):
     if rows and report['curvature']:
         best = max(rows, key=lambda r: r['images_per_s'])
         c = report['curvature']
-        train = 1.1 * CIFAR_TRAIN / best['images_per_s']      # the warm-up epoch covers 10 %
+        train = 1.1 * CIFAR_TRAIN / best['images_per_s'] + compilation(best)      # the warm-up epoch covers 10 %
         curvature = 20 * c['fisher']['seconds']             # search.py's default estimator
         out['search_minutes'] = (train + curvature) / 60
         out['search_variant'] = f"{best['variant']}, batch {best['batch_size']}"
@@ -338,7 +356,7 @@ def project(report, cfg):
         rates = [r for r in report['eval_train'] if r['arch'] == arch]
         if rates:
             best = max(rates, key=lambda r: r['images_per_s'])
-            out[f'retrain_600_epochs_hours_{arch}'] = 600 * CIFAR_TRAIN / best['images_per_s'] / 3600
+            out[f'retrain_600_epochs_hours_{arch}'] = (600 * CIFAR_TRAIN / best['images_per_s'] + compilation(best)) / 3600
             out[f'retrain_variant_{arch}'] = best['variant']
     if report['proxyless'] and 'step_s' in report['proxyless'][0]:
         supernet, retrain = report['proxyless']
@@ -356,7 +374,7 @@ def say(line=''):
 
 def show_search_step(r):
     say(f"  batch {r['batch_size']:>4}  {r['variant']:<28} {r['images_per_s']:>9.1f} img/s {r['step_s'] * 1e3:>9.1f} "
-        f"ms/step  peak {r['peak_mib']:>7.0f} MiB")
+        f"ms/step  peak {r['peak_mib']:>7.0f} MiB  first step {r['first_step_s']:.1f} s")
 
 
 def show_curvature(c):
@@ -375,7 +393,7 @@ def show_pruned(r):
 
 def show_eval(r):
     say(f"  {r['arch']:<9} {r['variant']:<28} {r['params_M']:.3f}M params  {r['images_per_s']:8.1f} img/s  "
-        f"peak {r['peak_mib']:.0f} MiB")
+        f"peak {r['peak_mib']:.0f} MiB  first step {r['first_step_s']:.1f} s")
 
 
 def show_proxyless(r):

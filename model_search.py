@@ -44,8 +44,16 @@ def _sum(tensors):
     return out
 
 
+def dropping(drop_prob):
+    """Whether drop-path applies: a positive probability, or one held in a tensor. A compiled network
+    reads its probability from a tensor, so that a new value each epoch is a new input, not a new
+    graph; it always draws its masks (at probability 0 they keep everything)."""
+    return isinstance(drop_prob, torch.Tensor) or drop_prob > 0
+
+
 def drop_path(x, drop_prob):
-    """Zero whole samples with probability drop_prob, scaling the kept ones by 1/(1 - drop_prob)."""
+    """Zero whole samples with probability drop_prob (a number or a 0-d tensor), scaling the kept
+    ones by 1/(1 - drop_prob)."""
     keep = 1. - drop_prob
     mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
     return x * mask / keep
@@ -87,7 +95,7 @@ class Edge(nn.Module):
         outs = []
         for k in live:
             y = self.ops[k](x)
-            if self.training and drop_prob > 0 and not isinstance(self.ops[k], nn.Identity):
+            if self.training and dropping(drop_prob) and not isinstance(self.ops[k], nn.Identity):
                 y = drop_path(y, drop_prob)
             outs.append(y)
         return _sum(outs)
@@ -510,7 +518,7 @@ class TreeBlock(nn.Module):
             y = half(h)
             outs.append(h + self.branch_bns[k](y) if self.branch_bns is not None else y)
         y = self.final_bn(self.out_bottle(_sum(outs)))
-        if self.training and drop_prob > 0:
+        if self.training and dropping(drop_prob):
             y = drop_path(y, drop_prob)
         n, c, hgt, wid = y.shape
         if shortcut.shape[1] < c:

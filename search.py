@@ -77,7 +77,7 @@ from hessian import METHODS, RULES, ProxAdam, switch_curvature
 
 # Flags that say where and how a run executes, not what it computes: a resumed run may change them.
 RUN_FLAGS = ('data', 'download', 'gpu', 'report_freq', 'checkpoint_freq', 'save', 'resume', 'amp',
-             'channels_last', 'deterministic', 'benchmark')
+             'channels_last', 'deterministic', 'benchmark', 'compile')
 
 
 def build_parser():
@@ -144,6 +144,10 @@ def build_parser():
                         'corrupts memory in the backward pass of some of its convolutions)')
     p.add_argument('--deterministic', action='store_true', help='deterministic algorithms and no cuDNN '
                    'autotuning, so that a GPU run repeats exactly (slower; a CPU run always does)')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the supernet's training forward pass (CUDA: with CUDA graphs, mode "
+                        "reduce-overhead; it compiles again after pruning); the curvature runs eagerly "
+                        '(default: off)')
     p.add_argument('--report_freq', type=int, default=50, help='log every this many steps (50)')
     p.add_argument('--checkpoint_freq', type=int, default=200, help='also checkpoint every this many '
                    'steps inside an epoch, 0 for phase ends only (200)')
@@ -213,6 +217,12 @@ def net_of(a):
     return dict(C=a.init_channels, layers=a.layers, alpha=a.alpha, classes=10, tie=a.tie)
 
 
+def compiled(model, device):
+    """model under torch.compile: CUDA graphs on CUDA, where the supernet's many small kernels are
+    paced by their launches; the default mode elsewhere."""
+    return torch.compile(model, mode='reduce-overhead' if device.type == 'cuda' else 'default', dynamic=False)
+
+
 def lambdas(a):
     """(lambda of edge switches, lambda of op switches)."""
     return (a.lam if a.lambda_origin is None else a.lambda_origin,
@@ -272,6 +282,8 @@ class Search:
         if self.cuda and args.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.prior = self.model.build_prior(*lambdas(args))
+        # The training steps may run compiled; everything else (curvature, state) uses the module.
+        self.forward = compiled(self.model, device) if args.compile else self.model
         # The weights train with SGD throughout; the switches with proximal Adam, without weight
         # decay (the prior is their regulariser), and only in the search phases.
         self.weights, self.switches = self.model.weight_parameters(), self.model.switch_parameters()
@@ -323,7 +335,7 @@ class Search:
         if self.cuda and self.args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda and self.args.amp):
-            logits = self.model(x)
+            logits = self.forward(x)
         loss = F.cross_entropy(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         self.switch_optimizer.zero_grad()
@@ -352,6 +364,11 @@ class Search:
             if i < start:
                 continue
             self.train_step(x, y, search)
+            if args.compile and i == start:
+                if self.cuda:
+                    torch.cuda.synchronize(self.device)
+                self.run.log(f'{phase_name(kind, epoch)}: first step {time.time() - tic:.1f} s (compilation '
+                             f'included)')
             self.step = i + 1
             if self.step % args.report_freq == 0 or self.step == n:
                 self.report(kind, epoch, n, start, tic)

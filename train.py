@@ -81,7 +81,7 @@ COMMON_DEFAULTS = dict(
     gamma=0.97, decay_period=1,
     auxiliary=True, auxiliary_weight=0.4, cutout_length=16, grad_clip=5.0, report_freq=50,
     gpu=None, seed=0, save=None, resume=False, eval_only=None, workers=4, channels_last=True,
-    download=False, deterministic=False)
+    download=False, deterministic=False, compile=False)
 
 DATASET_DEFAULTS = {
     'cifar10': dict(data='data', epochs=600, batch_size=96, learning_rate=0.025, lr_schedule='cosine',
@@ -108,7 +108,7 @@ PROXYLESS_NAMES = {'ProxylessNAS_G': proxyless.proxylessnas_g}
 # Flags that say where and how fast a run executes, not what it computes: a resumed run may change
 # them. Every other flag of a resumed run comes from its checkpoint.
 RUN_FLAGS = {'data', 'gpu', 'report_freq', 'workers', 'amp', 'channels_last', 'download',
-             'save', 'resume', 'deterministic'}
+             'save', 'resume', 'deterministic', 'compile'}
 # The flags --eval_only accepts; the network and its data set come from the checkpoint.
 EVAL_FLAGS = {'eval_only', 'data', 'gpu', 'batch_size', 'workers', 'amp', 'channels_last', 'download',
               'deterministic'}
@@ -184,6 +184,9 @@ def build_parser():
                    help='bf16 autocast on CUDA (' + d('amp') + ')')
     p.add_argument('--channels_last', action=argparse.BooleanOptionalAction,
                    help='channels-last memory format on CUDA (' + d('channels_last') + ')')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction,
+                   help="torch.compile the training step's network (CUDA: with CUDA graphs, mode "
+                        "reduce-overhead); compilation time is logged apart (" + d('compile') + ')')
     p.add_argument('--deterministic', action='store_true', help='deterministic algorithms and no cuDNN '
                    'autotuning, so that a GPU run repeats exactly (slower; a CPU run always does)')
     p.add_argument('--seed', type=int, help=d('seed'))
@@ -550,8 +553,9 @@ def summary(sums):
     return {'loss': loss / n, 'acc': 100 * top1 / n, 'top5': 100 * top5 / n, 'images': int(sums[3])}
 
 
-def train_epoch(model, net, data, optimizer, criterion, epoch, *, args, device, job, run):
-    """One pass over the training data; returns the summary of the whole global batch."""
+def train_epoch(model, net, data, optimizer, criterion, epoch, *, args, device, job, run, first=False):
+    """One pass over the training data; returns the summary of the whole global batch. first: the
+    session's first epoch, whose first step compiles a --compile network (its time is logged)."""
     model.train()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     start = time.time()
@@ -567,6 +571,10 @@ def train_epoch(model, net, data, optimizer, criterion, epoch, *, args, device, 
             nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
         optimizer.step()
         sums += batch_stats(logits, y, loss)
+        if step == 1 and args.compile and first:
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            run.log(f'  first step {time.time() - start:.1f} s (compilation included)')
         if step % args.report_freq == 0:
             # Reduced over processes, so every process sees the same value and stops together.
             s = summary(job.sum(sums))
@@ -646,6 +654,17 @@ def read_checkpoint(path, job, resumable=False):
 # Main
 # ---------------------------------------------------------------------------------------------
 
+def compiled(model, device, run):
+    """model under torch.compile: CUDA graphs on CUDA (the steps are paced by kernel launches), the
+    default mode elsewhere. Random ops (drop-path masks) keep PyTorch's own generator, so a compiled
+    run draws what an eager one draws and resumes as exactly."""
+    import torch._inductor.config
+    torch._inductor.config.fallback_random = True
+    mode = 'reduce-overhead' if device.type == 'cuda' else 'default'
+    run.log(f'torch.compile, mode {mode}: the first steps of the first epoch include the compilation')
+    return torch.compile(model, mode=mode, dynamic=False)
+
+
 def train(given, device, job):
     state = None
     if given.get('resume'):
@@ -706,23 +725,30 @@ def train(given, device, job):
     model = DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None) \
         if job.enabled else net
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
+    # The drop-path probability lives in a tensor, changed in place every epoch: a compiled network
+    # then sees the same input each epoch instead of a new constant to compile for.
+    net.drop_path_prob = torch.zeros((), device=device) if args.drop_path_prob > 0 else 0.0
+    if args.compile:
+        model = compiled(model, device, run)
 
     test = None
     for epoch in range(start, args.epochs):
-        net.drop_path_prob = args.drop_path_prob * epoch / args.epochs
+        drop_prob = args.drop_path_prob * epoch / args.epochs
+        if args.drop_path_prob > 0:
+            net.drop_path_prob.fill_(drop_prob)
         lr = optimizer.param_groups[0]['lr']
         train_data.set_epoch(epoch)
         tic = time.time()
         trained = train_epoch(model, net, train_data, optimizer, criterion, epoch, args=args, device=device,
-                              job=job, run=run)
+                              job=job, run=run, first=epoch == start)
         seconds = time.time() - tic
         job.share_buffers(net)
         test = evaluate(net, test_data, args, device, job)
-        run.log(f'epoch {epoch + 1}/{args.epochs}  lr {lr:.3e}  drop-path {net.drop_path_prob:.3f}  '
+        run.log(f'epoch {epoch + 1}/{args.epochs}  lr {lr:.3e}  drop-path {drop_prob:.3f}  '
                 f'train loss {trained["loss"]:.4f} acc {trained["acc"]:.2f}%  test loss {test["loss"]:.4f} '
                 f'acc {test["acc"]:.2f}%  {trained["images"] / seconds:.0f} img/s  '
                 f'{utils.format_time(seconds)}')
-        run.metric(epoch=epoch + 1, lr=lr, drop_path_prob=net.drop_path_prob, train_loss=trained['loss'],
+        run.metric(epoch=epoch + 1, lr=lr, drop_path_prob=drop_prob, train_loss=trained['loss'],
                    train_acc=trained['acc'], test_loss=test['loss'], test_acc=test['acc'],
                    test_top5=test['top5'], images_per_s=trained['images'] / seconds, seconds=seconds)
         scheduler.step()

@@ -177,6 +177,26 @@ class Interrupted(Exception):
     pass
 
 
+def test_a_compiled_network_trains_like_the_eager_one(tiny_cifar, tmp_path):
+    # Two epochs, so that drop-path masks (drawn inside the compiled graph, with a probability that
+    # changes between epochs without a new compilation), cutout and the auxiliary head all take part.
+    flags = ['--epochs', 2, '--batch_size', 32, '--drop_path_prob', 0.3, '--seed', 3, '--report_freq', 1]
+    eager = train.main(tiny_args(tiny_cifar, tmp_path / 'eager', *flags))
+    compiled = train.main(tiny_args(tiny_cifar, tmp_path / 'compiled', *flags, '--compile'))
+
+    def step_losses(run):
+        return [float(line.split('loss ')[1].split()[0]) for line in (run / 'log.txt').read_text().splitlines()
+                if '  step ' in line and 'first step' not in line]
+    a, b = step_losses(tmp_path / 'eager'), step_losses(tmp_path / 'compiled')
+    assert len(a) == len(b) == 10 and a == pytest.approx(b, abs=2e-3)
+    for m, n in zip(metrics(tmp_path / 'eager'), metrics(tmp_path / 'compiled')):
+        assert (m['drop_path_prob'], m['lr']) == (n['drop_path_prob'], n['lr'])
+        assert n['train_loss'] == pytest.approx(m['train_loss'], rel=1e-3)
+        assert n['test_loss'] == pytest.approx(m['test_loss'], rel=1e-3)
+    assert compiled['test_loss'] == pytest.approx(eager['test_loss'], rel=1e-3)
+    assert 'compilation included' in (tmp_path / 'compiled' / 'log.txt').read_text()
+
+
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_cifar, tmp_path, monkeypatch):
     # Drop-path (random masks from the 2nd epoch on), cutout and the auxiliary head all take part.
     flags = ['--epochs', 3, '--batch_size', 16, '--drop_path_prob', 0.3, '--seed', 3]
