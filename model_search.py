@@ -459,8 +459,8 @@ class _NB201(nn.Module):
 
     def logits(self, x, drop_prob=0.):
         x = self.stem(x)
-        for layer in self.layers:
-            x = layer(x, drop_prob=drop_prob) if isinstance(layer, Cell) else layer(x)
+        for module in self.layers:
+            x = module(x, drop_prob=drop_prob) if isinstance(module, Cell) else module(x)
         return self.classifier(self.global_pooling(self.lastact(x)).flatten(1))
 
 

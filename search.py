@@ -170,7 +170,7 @@ def check_args(a):
         (a.init_channels >= 2 and a.init_channels % 2 == 0 or a.space == 'nb201' and a.init_channels >= 1,
          f'--init_channels must be even and positive (FactorizedReduce halves it), got {a.init_channels}'
          if a.space == 'darts' else f'--init_channels must be even and positive, got {a.init_channels}'),
-        (a.alpha is None or a.space == 'proxyless', f'--alpha applies to --space proxyless only'),
+        (a.alpha is None or a.space == 'proxyless', '--alpha applies to --space proxyless only'),
         (a.space != 'proxyless' or a.alpha is None or a.alpha >= 0, f'--alpha must be >= 0, got {a.alpha}'),
         (a.space != 'proxyless' or a.hessian != 'recursive',
          "--hessian recursive walks the DARTS and NAS-Bench-201 supernets only; the proxyless space's "

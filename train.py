@@ -66,10 +66,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import genotypes
-import proxyless
 import spaces
 import utils
-from model_search import NB201Network, NetworkCIFAR, NetworkImageNet, ProxylessNetwork
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +101,6 @@ SPACE_DEFAULTS = {
                       nesterov=True, weight_decay=1e-4, auxiliary=False, cutout=True, drop_path_prob=0.0,
                       grad_clip=0.0),
 }
-PROXYLESS_NAMES = {'ProxylessNAS_G': proxyless.proxylessnas_g}
 
 # Flags that say where and how fast a run executes, not what it computes: a resumed run may change
 # them. Every other flag of a resumed run comes from its checkpoint.
@@ -145,7 +142,7 @@ def build_parser():
     p.add_argument('--download', action='store_true', help='download CIFAR-10 if it is missing')
     p.add_argument('--arch', help='named genotype: ' + ', '.join(genotypes.NAMES) + f' ({d("arch")}); with '
                    "--space nb201 an architecture string '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'; with --space "
-                   'proxyless ' + ', '.join(PROXYLESS_NAMES))
+                   'proxyless ' + ', '.join(spaces.PROXYLESS_NAMES))
     p.add_argument('--genotype', help='genotype JSON file (derive.py writes RUN_DIR/genotype.json; proxyless: '
                    'any PyramidTreeNet config)')
     p.add_argument('--epochs', type=int, help=d('epochs'))
@@ -360,64 +357,31 @@ class Silent:
 # ---------------------------------------------------------------------------------------------
 
 def load_genotype(args):
-    """(genotype, short name for the run directory) from --genotype FILE or --arch NAME (nb201: the
-    architecture string); a Genotype, or the string in the nb201 space."""
+    """(genotype, short name for the run directory) from --genotype FILE or --arch NAME, as the space
+    reads them (spaces.py)."""
+    space = spaces.get(args.space)
     try:
         if args.genotype:
             path = Path(args.genotype)
-            if args.space == 'proxyless':
-                return proxyless.load(path), path.parent.name or path.stem
-            space, genotype = genotypes.load_file(path)
-            if space != args.space:
-                raise ValueError(f'{path} holds a cell of the {space} space; pass --space {space}')
-            return genotype, path.parent.name or path.stem
-        if args.space == 'nb201':
-            genotypes.nb201_edges(args.arch)
-            return args.arch, 'nb201'
-        if args.space == 'proxyless':
-            if args.arch not in PROXYLESS_NAMES:
-                raise ValueError(f'unknown proxyless network {args.arch!r}; known: {", ".join(PROXYLESS_NAMES)}')
-            return PROXYLESS_NAMES[args.arch](), args.arch
-        return genotypes.from_name(args.arch), args.arch
+            return space.read(path), path.parent.name or path.stem
+        return space.named(args.arch), 'nb201' if args.space == 'nb201' else args.arch
     except ValueError as e:
         raise utils.UserError(str(e)) from e
 
 
 def network_config(args, genotype, num_classes):
     """Everything needed to rebuild the network; stored in checkpoints as plain Python data."""
-    config = {'space': args.space, 'dataset': args.dataset, 'num_classes': num_classes,
-              'init_channels': args.init_channels, 'layers': args.layers, 'auxiliary': args.auxiliary}
-    if args.space == 'nb201':
-        return {**config, 'arch': genotype}
-    if args.space == 'proxyless':
-        del config['init_channels'], config['layers'], config['auxiliary']
-        classes = genotype['classifier']['out_features']
-        if classes != num_classes:
-            raise utils.UserError(f'the network config classifies into {classes} classes, the data set has '
-                                  f'{num_classes}')
-        return {**config, 'network': genotype}
-    return {**config, 'genotype': genotypes.canonical(genotype)._asdict()}
-
-
-def config_genotype(config):
-    """The genotype a stored configuration names (nb201: its architecture string)."""
-    if config.get('space', 'darts') == 'nb201':
-        return config['arch']
-    if config.get('space') == 'proxyless':
-        return config['network']
-    return genotypes.Genotype(**config['genotype'])
+    try:
+        fields = spaces.get(args.space).stored(genotype, args, num_classes)
+    except ValueError as e:
+        raise utils.UserError(str(e)) from e
+    return {'space': args.space, 'dataset': args.dataset, 'num_classes': num_classes, **fields}
 
 
 def build_network(config):
-    cls = NetworkImageNet if config['dataset'] == 'imagenet' else NetworkCIFAR
+    """(genotype, network) of a stored configuration."""
     try:
-        genotype = config_genotype(config)
-        if config.get('space', 'darts') == 'nb201':
-            return NB201Network(config['init_channels'], config['layers'], config['num_classes'], genotype)
-        if config.get('space') == 'proxyless':
-            return ProxylessNetwork(genotype)
-        return cls(config['init_channels'], config['num_classes'], config['layers'],
-                   config['auxiliary'], genotype)
+        return spaces.get(config.get('space', 'darts')).network(config)
     except (KeyError, TypeError, ValueError) as e:
         raise utils.UserError(f'cannot build the network from the stored configuration: '
                               f'{type(e).__name__}: {e}') from e
@@ -695,10 +659,10 @@ def train(given, device, job):
     run_dir = job.on_rank0(lambda: utils.RunDir(args.save, vars(args), resume=args.resume, rewind=rewind))
     run = run_dir if job.main else Silent()
 
-    net = build_network(config).to(device)
+    genotype, net = build_network(config)
+    net = net.to(device)
     params = utils.count_params(net)
     macs = utils.count_macs(net, input_shape(config['dataset']))
-    genotype = config_genotype(config)
     if config.get('space') == 'proxyless':
         run.log(f'network: {spaces.describe(genotype)}')
         shape = 'PyramidTreeNet'
@@ -792,7 +756,7 @@ def eval_only(given, device, job):
     args = argparse.Namespace(**{**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **SPACE_DEFAULTS.get(space, {}),
                                  **given, 'space': space, 'dataset': dataset, 'data': data})
     check_args(args, job.world)
-    net = build_network(config).to(device)
+    net = build_network(config)[1].to(device)
     load_weights(net, state['model'], given['eval_only'])
     if device.type == 'cuda' and args.channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -265,7 +265,7 @@ def train_as(world, argv):
     utils.set_seed(args.seed)
     genotype, _ = train.load_genotype(args)
     batches, test, classes = train.cifar_data(args, cpu, single)     # the global batches
-    net = train.build_network(train.network_config(args, genotype, classes))
+    _, net = train.build_network(train.network_config(args, genotype, classes))
     optimizer = torch.optim.SGD(net.parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = train.make_scheduler(optimizer, args)
