@@ -538,7 +538,8 @@ class _PyramidTreeNet(nn.Module):
             if kind == 'layers':
                 blocks.append(nn.Sequential(*(layer(cfg) for cfg in unit)))
             else:
-                blocks.append(TreeBlock(unit, [make_half(edges, leaves, unit['width']) for edges, leaves in unit['halves']]))
+                halves = [make_half(edges, leaves, unit['width']) for edges, leaves in unit['halves']]
+                blocks.append(TreeBlock(unit, halves))
         self.blocks = nn.ModuleList(blocks)
         self.classifier = layer(units[-1][1])
         self.trees = [b for b in self.blocks if isinstance(b, TreeBlock)]     # views, not submodules

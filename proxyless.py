@@ -83,45 +83,34 @@ def widths(C, alpha, N, groups=2):
     return [groups * (round(C + alpha * (i + 1) / (3 * N)) // groups) for i in range(3 * N)]
 
 
-def tree_node(edges, node=0):
-    """The TreeNode config of the tree below `node` (edges: (op, from, to, layer config))."""
+def tree_node(edges, C, node=0):
+    """The TreeNode config of the C-channel tree below `node`; edges: (op, from, to), in order."""
     out = [e for e in edges if e[1] == node]
     if not out:
         return None
-    C = out[0][3].get('in_channels', None)
-    children = [tree_node(edges, dst) for _, _, dst, _ in out]
     many = len(out) > 1
     return dict(name='TreeNode', in_channels=C, out_channels=C, split_type='copy' if many else None,
                 merge_type='add' if many else None, has_branch_bn=False, path_drop_rate=0,
-                edges=[layer for _, _, _, layer in out], child_nodes=children)
+                edges=[candidate_layer(op, C) for op, _, _ in out],
+                child_nodes=[tree_node(edges, C, dst) for _, _, dst in out])
 
 
 def half_tree(edges, C):
     """The TreeNode config of one half: edges as (op, from, to), with 'none' for a ZeroLayer."""
-    node = tree_node([(op, s, d, candidate_layer(op, C)) for op, s, d in sorted(edges, key=lambda e: (e[1], e[2]))])
-    _fill_channels(node, C)
-    return node
-
-
-def _fill_channels(node, C):
-    if node is not None:
-        node['in_channels'] = node['out_channels'] = C
-        for child in node['child_nodes']:
-            _fill_channels(child, C)
+    return tree_node(sorted(edges, key=lambda e: (e[1], e[2])), C)
 
 
 def tree_block(C_in, C, stride, halves):
     """A ResidualTreeBlock config: cell width C, output 4C; halves: two (op, from, to) lists."""
-    C_out, half = 4 * C, C
-    split = dict(name='TreeNode', in_channels=2 * C, out_channels=half, split_type='split', merge_type='add',
-                 has_branch_bn=True, path_drop_rate=0, edges=[identity(half), identity(half)],
-                 child_nodes=[half_tree(edges, half) for edges in halves])
+    split = dict(name='TreeNode', in_channels=2 * C, out_channels=C, split_type='split', merge_type='add',
+                 has_branch_bn=True, path_drop_rate=0, edges=[identity(C), identity(C)],
+                 child_nodes=[half_tree(edges, C) for edges in halves])
     cell = dict(name='TreeNode', in_channels=C, out_channels=C, split_type=None, merge_type=None,
                 has_branch_bn=False, path_drop_rate=0,
                 edges=[conv('ConvLayer', C, 2 * C, 3, stride=stride, groups=2, shuffle=True)], child_nodes=[split])
     shortcut = identity(C_in) if stride == 1 else pool('avg', C_in, 2, 2)
     return dict(name='ResidualTreeBlock', cell_drop_rate=0.0, final_bn=True, shortcut=shortcut,
-                in_bottle=conv('ConvLayer', C_in, C, 1, act=None), out_bottle=conv('ConvLayer', C, C_out, 1),
+                in_bottle=conv('ConvLayer', C_in, C, 1, act=None), out_bottle=conv('ConvLayer', C, 4 * C, 1),
                 cell=cell)
 
 
@@ -131,7 +120,8 @@ def network_config(C, alpha, N, cells, num_classes=10):
     if len(cells) != 3 * N:
         raise ValueError(f'{len(cells)} cells for {3 * N} blocks')
     ws = widths(C, alpha, N)
-    blocks = [dict(name='TransitionBlock', layers=[conv('ConvLayer', 3, C, 3, bn=False, act=None), identity(C, bn=True)])]
+    stem = [conv('ConvLayer', 3, C, 3, bn=False, act=None), identity(C, bn=True)]
+    blocks = [dict(name='TransitionBlock', layers=stem)]
     C_prev = C
     for i, (w, halves) in enumerate(zip(ws, cells)):
         blocks.append(tree_block(C_prev, w, 2 if i in (N, 2 * N) else 1, halves))
@@ -259,7 +249,8 @@ def check_layer(cfg, where, C_in=None):
         _need(set(cfg) == {'name', 'stride'}, where, 'a ZeroLayer has exactly the fields name and stride')
         _int(cfg, 'stride', where)
         return None
-    _need(name in LAYER_FIELDS, where, f'unknown layer name {name!r} (known: {", ".join(list(LAYER_FIELDS) + ["ZeroLayer"])})')
+    known = ', '.join(list(LAYER_FIELDS) + ['ZeroLayer'])
+    _need(name in LAYER_FIELDS, where, f'unknown layer name {name!r} (known: {known})')
     fields = ('name',) + LAYER_FIELDS[name] + tuple(COMMON)
     missing, extra = [f for f in fields if f not in cfg], [f for f in cfg if f not in fields]
     _need(not missing, where, f'{name} lacks {", ".join(missing)}')
@@ -318,8 +309,9 @@ def parse_half(node, C, where):
             at = f'{where}.edges[{k}]'
             check_layer(layer, at, C)
             op = candidate_of(layer, C)
-            _need(op is not None, at, f'a {layer["name"]} ({json.dumps({k: v for k, v in layer.items() if k not in ("name", "in_channels", "out_channels")})}) '
-                  f'is not one of the candidates {", ".join(CANDIDATES)} or a ZeroLayer')
+            shown = json.dumps({k: v for k, v in layer.items() if k not in ('name', 'in_channels', 'out_channels')})
+            _need(op is not None, at, f'a {layer["name"]} ({shown}) is not one of the candidates '
+                  f'{", ".join(CANDIDATES)} or a ZeroLayer')
             edges.append((op, src, count))
             if child is not None:
                 queue.append((child, count, f'{where}.child_nodes[{k}]'))
@@ -392,7 +384,8 @@ def parse(config):
         else:
             _need(False, where, f'unknown block name {block.get("name")!r} (known: TransitionBlock, ResidualTreeBlock)')
     classifier = config['classifier']
-    _need(isinstance(classifier, dict) and classifier.get('name') == 'LinearLayer', 'classifier', 'must be a LinearLayer')
+    _need(isinstance(classifier, dict) and classifier.get('name') == 'LinearLayer', 'classifier',
+          'must be a LinearLayer')
     check_layer(classifier, 'classifier', C)
     return units + [('classifier', classifier)]
 

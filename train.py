@@ -97,7 +97,8 @@ SPACE_DEFAULTS = {
                   nesterov=True, weight_decay=5e-4, init_channels=16, layers=5, auxiliary=False, cutout=False,
                   drop_path_prob=0.0, grad_clip=0.0),
     # Path-Level EAS's recipe for its tree-cell PyramidNets (the network config fixes width and depth).
-    'proxyless': dict(arch='ProxylessNAS_G', init_channels=None, layers=None, epochs=300, batch_size=64, learning_rate=0.1, lr_schedule='cosine',
+    'proxyless': dict(arch='ProxylessNAS_G', init_channels=None, layers=None, epochs=300, batch_size=64,
+                      learning_rate=0.1, lr_schedule='cosine',
                       nesterov=True, weight_decay=1e-4, auxiliary=False, cutout=True, drop_path_prob=0.0,
                       grad_clip=0.0),
 }
@@ -122,7 +123,8 @@ def _default(name):
         text = f'default: {cifar}' if cifar == imagenet else f'default: {cifar} on CIFAR-10, {imagenet} on ImageNet'
     for space in ('nb201', 'proxyless'):
         own = SPACE_DEFAULTS[space]
-        if name in own and name != 'arch' and own[name] is not None and own[name] != DATASET_DEFAULTS['cifar10'].get(name, COMMON_DEFAULTS.get(name)):
+        usual = DATASET_DEFAULTS['cifar10'].get(name, COMMON_DEFAULTS.get(name))
+        if name in own and name != 'arch' and own[name] is not None and own[name] != usual:
             text += f'; {own[name]} with --space {space}'
     return text
 
