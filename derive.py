@@ -48,7 +48,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import genotypes
-import proxyless
 import spaces
 import utils
 
@@ -380,10 +379,10 @@ def write_genotype(genotype, out_dir, note):
     """genotype.json and, for a DARTS genotype, genotype.py (a comment line, then the literal), each
     written atomically; returns the line that names the genotype (spaces.describe)."""
     out_dir = output_dir(out_dir)
-    line = spaces.describe(genotype)
-    text = proxyless.text(genotype) if isinstance(genotype, dict) else genotypes.json_text(genotype)
+    space = spaces.space_of(genotype)
+    line, text = space.describe(genotype), space.text(genotype)
     _written(out_dir / 'genotype.json', lambda p: utils.write_text_atomic(p, text))
-    if not isinstance(genotype, (str, dict)):
+    if space.name == 'darts':
         _written(out_dir / 'genotype.py', lambda p: utils.write_text_atomic(p, f'# {note}\n{line}\n'))
     return line
 

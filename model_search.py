@@ -575,12 +575,8 @@ class ProxylessSearch(SwitchNetwork, _PyramidTreeNet):
         self.tie, self.N = tie, N
 
     def cell_names(self):
-        names = []
-        for i in range(len(self.cells)):
-            block, half = divmod(i, 2)
-            name = f's{block // self.N + 1}h{half}' if self.tie else f'b{block + 1}h{half}'
-            names.append((name, name))
-        return names
+        names = [proxyless.cell_name(*divmod(i, 2), self.N, self.tie) for i in range(len(self.cells))]
+        return [(name, name) for name in names]
 
     def forward(self, x):
         return self.logits(x)

@@ -131,6 +131,12 @@ def network_config(C, alpha, N, cells, num_classes=10):
     return dict(name='PyramidTreeNet', blocks=blocks, classifier=classifier)
 
 
+def cell_name(block, half, N, tied):
+    """The name of a half's cell in a search: 'b5h1' (block 5, half 1, counted from 1), or 's2h1' for
+    the half shared by the N blocks of stage 2 when tied."""
+    return f's{block // N + 1}h{half}' if tied else f'b{block + 1}h{half}'
+
+
 def template(op='skip_connect'):
     """A half with every template edge holding `op`."""
     return [(op, s, d) for s, d in TEMPLATE]

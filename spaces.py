@@ -41,6 +41,7 @@ class Space(NamedTuple):
     pictures: tuple                 # the cell pictures derive.py draws: (file, cell_type, title)
     cell: Callable                  # (genotype, cell_type) -> (edges (op, from, to), output nodes) or None
     describe: Callable              # genotype -> the line that names it
+    text: Callable                  # genotype -> the text of its genotype.json
     # What train.py retrains (each raises ValueError in one line):
     named: Callable                 # --arch NAME -> genotype
     read: Callable                  # --genotype PATH -> genotype
@@ -62,8 +63,7 @@ def _proxyless_genotype(cells, net):
     N = net['layers']
 
     def half(block, k):
-        name = f's{block // N + 1}h{k}' if net['tie'] else f'b{block + 1}h{k}'
-        kept = {(s, d): op for op, s, d in cells[name][0]}
+        kept = {(s, d): op for op, s, d in cells[proxyless.cell_name(block, k, N, net['tie'])][0]}
         return [(kept.get((s, d), 'none'), s, d) for s, d in proxyless.TEMPLATE]
 
     trees = [[half(block, k) for k in range(2)] for block in range(3 * N)]
@@ -153,7 +153,7 @@ SPACES = {
         supernet=lambda net: model_search.Network(net['C'], net['classes'], net['layers'], tie=net['tie']),
         genotype=_darts_genotype,
         pictures=(('cell_normal.png', 'normal', 'normal cell'), ('cell_reduce.png', 'reduce', 'reduce cell')),
-        cell=_darts_cell, describe=genotypes.to_literal,
+        cell=_darts_cell, describe=genotypes.to_literal, text=genotypes.json_text,
         named=genotypes.from_name, read=_read_cell('darts'),
         stored=lambda g, args, classes: dict(_sized(args), genotype=genotypes.canonical(g)._asdict()),
         network=_darts_network),
@@ -165,7 +165,7 @@ SPACES = {
         genotype=_nb201_genotype,
         pictures=(('cell.png', 'normal', 'NAS-Bench-201 cell'),),
         cell=lambda arch, cell_type: (genotypes.nb201_cell(arch), list(model_search.NB201_OUTPUT)),
-        describe=lambda arch: arch,
+        describe=lambda arch: arch, text=genotypes.json_text,
         named=_nb201_named, read=_read_cell('nb201'), stored=lambda g, args, classes: dict(_sized(args), arch=g),
         network=_nb201_network),
     # The paper's proxyless settings: batch 32, lr 0.1. lambda: nb201's, not calibrated here (README).
@@ -178,7 +178,7 @@ SPACES = {
         genotype=_proxyless_genotype,
         pictures=tuple((f'cell_s{s}h{k}.png', f's{s}h{k}', f'stage {s}, first block, half {k}')
                        for s in (1, 2, 3) for k in (0, 1)),
-        cell=_proxyless_cell, describe=_proxyless_describe,
+        cell=_proxyless_cell, describe=_proxyless_describe, text=proxyless.text,
         named=_proxyless_named, read=proxyless.load, stored=_proxyless_stored,
         network=lambda config: (config['network'], model_search.ProxylessNetwork(config['network']))),
 }
