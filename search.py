@@ -10,9 +10,9 @@
 The protocol (the paper's Algorithm 1 where it states one):
   1. warm-up: --warmup_epochs epochs of ordinary training of the weights (switches frozen at 1) on
      the first --warmup_portion of the (shuffled) training set, with cutout;
-  2. --iterations times: one epoch of joint training of weights and switches on the rest of the
-     training set, minimising cross-entropy + lambda * sum_g omega_g ||w_g|| (the HARD prior's
-     re-weighted group penalty), then the curvature of the loss w.r.t. every switch (--hessian, on
+  2. --iterations times: one epoch (or --switch_steps steps) of joint training of weights and
+     switches on the rest of the training set, minimising cross-entropy + lambda * sum_g omega_g
+     ||w_g|| (the HARD prior's re-weighted group penalty), then the curvature of the loss w.r.t. every switch (--hessian, on
      --hessian_batches batches of the same part, without augmentation, in eval mode), the update of
      gamma and omega with the HARD couplings, and pruning of every switch group whose effective
      gamma is 0 or below --threshold (its ops are no longer computed);
@@ -131,6 +131,10 @@ def build_parser():
                    'warm-up; the switches train on the rest (0.1, as the paper; 0 needs --warmup_epochs 0)')
     p.add_argument('--iterations', type=int, default=1, help='joint epoch + curvature + update + prune '
                    'rounds (paper: 1)')
+    p.add_argument('--switch_steps', type=int, default=None, help='joint training steps of each iteration '
+                   '(default: one pass over the switch-training part, as the paper). The steps run through '
+                   'consecutive passes, so on a small data set a larger value gives the switch phase the '
+                   'length of a full search, and with --iterations T a smaller one cuts the epoch into rounds')
     p.add_argument('--threshold', type=float, default=0.0, help='also prune switch groups whose effective '
                    'gamma falls below this (default 0: a group goes when its gamma is 0, which the evidence '
                    'update decides)')
@@ -186,6 +190,7 @@ def check_args(a):
          f'--warmup_portion 0 leaves the warm-up without images, but --warmup_epochs is '
          f'{a.warmup_epochs}; give --warmup_epochs 0 to skip the warm-up, or a positive --warmup_portion'),
         (a.iterations >= 1, f'--iterations must be at least 1, got {a.iterations}'),
+        (a.switch_steps is None or a.switch_steps >= 1, f'--switch_steps must be at least 1, got {a.switch_steps}'),
         (a.threshold >= 0, f'--threshold must be >= 0, got {a.threshold}'),
         (a.report_freq >= 1, f'--report_freq must be at least 1, got {a.report_freq}'),
         (a.checkpoint_freq >= 0, f'--checkpoint_freq must be >= 0, got {a.checkpoint_freq}'),
@@ -356,11 +361,10 @@ class Search:
         for sw in self.switches:
             sw.requires_grad_(search)
         self.model.train()
-        batches.set_epoch(epoch)
-        n, start, tic = len(batches), self.step, time.time()
+        n, start, tic = self.steps_in[kind], self.step, time.time()
         # The batches of a pass are a fixed function of (seed, epoch): a resumed phase regenerates
         # the ones it had done and skips them, so it continues with exactly the same data.
-        for i, (x, y) in enumerate(batches):
+        for i, (x, y) in enumerate(passes(batches, epoch * n, n)):
             if i < start:
                 continue
             self.train_step(x, y, search)
@@ -453,6 +457,21 @@ def relevance(rows):
     switches would cost, in units of the temperature. The evidence rule keeps a one-member group
     exactly when it exceeds 1."""
     return {r['key']: sum(h * w * w for h, w in zip(r['curvatures'], r['values'])) / r['lam'] for r in rows}
+
+
+def passes(batches, first, n):
+    """n batches from batch `first` on of the endless sequence of passes over `batches` (pass e is
+    the one of epoch e): the phases of a kind read that sequence one after another."""
+    epoch, skip = divmod(first, len(batches))
+    while n > 0:
+        batches.set_epoch(epoch)
+        for i, batch in enumerate(batches):
+            if i >= skip:
+                yield batch
+                n -= 1
+                if n == 0:
+                    return
+        epoch, skip = epoch + 1, 0
 
 
 def phase_name(kind, epoch):
@@ -605,7 +624,8 @@ def main(argv=None):
     device = utils.get_device(args.gpu, args.deterministic)
     data = make_data(args, device)          # before the run directory: bad data leaves nothing behind
     run = open_run(args, state)
-    search = Search(args, device, run, {kind: len(data[kind]) for kind in ('warmup', 'search')})
+    search = Search(args, device, run, dict(warmup=len(data['warmup']),
+                                            search=args.switch_steps or len(data['search'])))
     if state is not None:
         resume(search, state, run)
         state = None
@@ -616,7 +636,8 @@ def main(argv=None):
                 f'groups; lambda {lam_origin:g} (edges) / {lam_child:g} (ops), threshold '
                 f'{args.threshold:g}, curvature {args.hessian}')
         run.log(f'device {device}; {len(data["warmup"].x)} warm-up / {len(data["search"].x)} switch '
-                f'images, batch {args.batch_size}; run directory {args.save}')
+                f'images, batch {args.batch_size}, {search.steps_in["search"]} switch steps per iteration; '
+                f'run directory {args.save}')
     search.start_clock()
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)

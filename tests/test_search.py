@@ -177,6 +177,39 @@ def test_resume_after_an_interruption_ends_in_the_same_state(data, tmp_path, mon
     assert (args['data'], args['report_freq'], args['checkpoint_freq']) == (str(data), 4, 5)
 
 
+def test_switch_steps_run_through_consecutive_passes_and_resume_exactly(data, tmp_path, monkeypatch):
+    # 12 batches a pass: iteration 1 reads pass 0 and half of pass 1, iteration 2 the rest of pass 1
+    # and pass 2. Interrupted in iteration 2, inside pass 1, after its checkpoint at step 4.
+    extra = ['--switch_steps', '18', '--iterations', '2', '--checkpoint_freq', '4', '--lambda', '0.01']
+    run_search(data, tmp_path / 'whole', *extra)
+    log = (tmp_path / 'whole' / 'log.txt').read_text()
+    assert 'batch 8, 18 switch steps per iteration' in log
+    assert 'search iteration 2  step 18/18' in log
+    stop_after(monkeypatch, 3 + 18 + 5, raise_interrupt)
+    with pytest.raises(Interrupt):
+        run_search(data, tmp_path / 'cut', *extra)
+    monkeypatch.undo()
+    search.main(['--save', str(tmp_path / 'cut'), '--resume'])
+    assert 'resumed in search iteration 2 at step 4/18' in (tmp_path / 'cut' / 'log.txt').read_text()
+    whole = torch.load(tmp_path / 'whole' / 'checkpoint.pt', weights_only=False)
+    cut = torch.load(tmp_path / 'cut' / 'checkpoint.pt', weights_only=False)
+    for k, v in whole['model'].items():
+        assert torch.equal(v, cut['model'][k]), k
+    assert step_records(tmp_path / 'cut') == step_records(tmp_path / 'whole')
+
+
+def test_passes_continue_the_sequence_of_epochs():
+    batches = utils.Batches(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2),
+                            torch.arange(10), 3, drop_last=True, seed=5)
+    sequence = []
+    for epoch in range(4):
+        batches.set_epoch(epoch)
+        sequence += [y.tolist() for _, y in batches]
+    assert len(sequence) == 12
+    for first, n in ((0, 3), (3, 3), (2, 7), (5, 1), (4, 8)):
+        assert [y.tolist() for _, y in search.passes(batches, first, n)] == sequence[first:first + n]
+
+
 def step_records(run):
     """metrics.jsonl without what depends on the clock."""
     records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
@@ -211,6 +244,7 @@ def test_a_nan_stops_the_search_and_keeps_the_last_good_checkpoint(data, tmp_pat
     (['--lambda_child', '-0.01'], '--lambda_child must be a positive number'),
     (['--lambda_origin', 'nan'], '--lambda_origin must be a positive number'),
     (['--warmup_portion', '1'], '--warmup_portion must be in [0, 1)'),
+    (['--switch_steps', '0'], '--switch_steps must be at least 1, got 0'),
     (['--hessian', 'exact'], "invalid choice: 'exact'"),
     (['--batch_size', '100000'], 'too small for --batch_size 100000'),
     (['--warmup_portion', '0'], '--warmup_portion 0 leaves the warm-up without images, but --warmup_epochs is 1'),
