@@ -1,6 +1,5 @@
 """Structural-sparsity compression of ordinary CNNs with BayesNAS switches and the HARD prior.
 
-    python compress.py --model lenet300 --compare magnitude
     python compress.py --model lenet5 --compare magnitude --save runs/lenet5
     python compress.py --model lenet5 --pretrained runs/lenet5/dense_model.pt --lambda 3e-3   # sparser
     python compress.py --model vgg16 --data data --gpu 0 --epochs 160 --learning_rate 0.1 \
@@ -64,10 +63,11 @@ def build_parser():
                                                   'cifar-10-batches-py (vgg16) (default: data)')
     p.add_argument('--epochs', type=int, default=10, help='dense training epochs (0 needs --pretrained)')
     p.add_argument('--pretrained', default=None, help="dense_model.pt of an earlier run: skip dense training")
-    p.add_argument('--iterations', type=int, default=3, help='penalised training -> curvature -> update -> prune')
+    p.add_argument('--iterations', type=int, default=3,
+                   help='penalised training -> curvature -> update -> prune')
     p.add_argument('--epochs_per_iteration', type=int, default=2, help='penalised epochs per iteration')
-    p.add_argument('--lambda', dest='lam', type=float, default=1e-3,
-                   help='temperature lambda (> 0) of the HARD prior and weight of the penalty: larger is sparser')
+    p.add_argument('--lambda', dest='lam', type=float, default=1e-3, help='temperature lambda (> 0) of the '
+                   'HARD prior and weight of the penalty: larger is sparser')
     p.add_argument('--threshold', type=float, default=0.01, help='prune units whose gamma falls below this')
     p.add_argument('--switch_lr', type=float, default=0.01, help='Adam learning rate of the switches')
     p.add_argument('--hessian', default='fisher', choices=METHODS, help='curvature estimator (as search.py)')
@@ -76,7 +76,8 @@ def build_parser():
     p.add_argument('--batch_size', type=int, default=64)
     p.add_argument('--learning_rate', type=float, default=0.05, help='SGD learning rate of the weights')
     p.add_argument('--momentum', type=float, default=0.9, help='SGD momentum of the weights')
-    p.add_argument('--weight_decay', type=float, default=5e-4, help='weight decay of the weights (switches get none)')
+    p.add_argument('--weight_decay', type=float, default=5e-4,
+                   help='weight decay of the weights (switches get none)')
     p.add_argument('--compare', default='none', choices=('none', 'magnitude'),
                    help='magnitude: also prune the dense model by weight norm to the same units per layer')
     p.add_argument('--save', default=None, help='run directory (default runs/compress-MODEL-TIME)')
@@ -91,15 +92,14 @@ def build_parser():
 
 def check_args(a):
     """UserError for the first value out of range."""
-    bounds = [('lambda', a.lam, '> 0'), ('threshold', a.threshold, '>= 0'),
-              ('learning_rate', a.learning_rate, '> 0'), ('switch_lr', a.switch_lr, '> 0'),
-              ('momentum', a.momentum, 'in [0, 1)'), ('weight_decay', a.weight_decay, '>= 0'),
-              ('batch_size', a.batch_size, '>= 1'), ('hessian_batches', a.hessian_batches, '>= 1')]
-    bounds += [(k, getattr(a, k), '>= 0') for k in
-               ('report_freq', 'epochs', 'iterations', 'epochs_per_iteration', 'finetune_epochs')]
+    bounds = dict(lam='> 0', threshold='>= 0', learning_rate='> 0', switch_lr='> 0', momentum='in [0, 1)',
+                  weight_decay='>= 0', batch_size='>= 1', hessian_batches='>= 1', report_freq='>= 0',
+                  epochs='>= 0', iterations='>= 0', epochs_per_iteration='>= 0', finetune_epochs='>= 0')
     within = {'> 0': lambda v: v > 0, '>= 0': lambda v: v >= 0, '>= 1': lambda v: v >= 1,
               'in [0, 1)': lambda v: 0 <= v < 1}
-    rules = [(within[bound](v), f'--{flag} must be {bound}, got {v}') for flag, v, bound in bounds]
+    option = build_parser().option          # how the user writes a flag: --lambda for lam
+    rules = [(within[bound](getattr(a, dest)), f'{option(dest)} must be {bound}, got {getattr(a, dest)}')
+             for dest, bound in bounds.items()]
     rules.append((a.epochs != 0 or a.pretrained,
                   '--epochs 0 would compress an untrained network; train it (--epochs 1 or more) or give '
                   'its dense weights with --pretrained DENSE_MODEL.pt'))
@@ -125,13 +125,10 @@ def lenet5(num_classes=10):
                          nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, num_classes))
 
 
-VGG16_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M')
-
-
 def vgg16(num_classes=10):
     """VGG-16 with BatchNorm for 32x32 inputs: 13 conv-BN-ReLU layers, 512-512 hidden, classifier."""
     layers, c_in = [], 3
-    for v in VGG16_CFG:
+    for v in (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'):
         if v == 'M':
             layers.append(nn.MaxPool2d(2))
         else:
@@ -161,48 +158,8 @@ DATASETS = {
 
 def build(name):
     """(plain chain, switched chain sharing its layers) for a model of MODELS."""
-    spec = MODELS[name]
-    plain = spec['build']()
-    return plain, prune.add_switches(plain, spec['flat_switch'])
-
-
-# ----------------------------------------------------------------------------------------------------
-# Training: SGD for the weights, proximal Adam for the switches
-# ----------------------------------------------------------------------------------------------------
-
-def train_epoch(model, batches, optimizers, lr_of, log, report_freq, what):
-    """One pass over `batches`, every optimiser stepping after each backward pass; lr_of(step) is the
-    learning rate of the first (the weights'). Returns (mean loss, error %)."""
-    model.train()
-    loss_m, acc_m = utils.AverageMeter(), utils.AverageMeter()
-    for step, (x, y) in enumerate(batches):
-        lr = lr_of(step)
-        for group in optimizers[0].param_groups:
-            group['lr'] = lr
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        utils.check_finite(loss, f'{what}: training loss')
-        for opt in optimizers:
-            opt.zero_grad()
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-        loss_m.update(loss.item(), len(y))
-        acc_m.update(utils.accuracy(logits.detach(), y)[0], len(y))
-        if report_freq and (step + 1) % report_freq == 0:
-            log(f'{what} step {step + 1}/{len(batches)} loss {loss_m.avg:.4f} error {100 - acc_m.avg:.2f}% '
-                f'lr {lr:.4g}')
-    return loss_m.avg, 100 - acc_m.avg
-
-
-@torch.no_grad()
-def test_error(model, batches):
-    """Top-1 error (%) over utils.Batches, the model in eval mode (its mode restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    wrong = sum((model(x).argmax(1) != y).sum().item() for x, y in batches)
-    model.train(was_training)
-    return 100.0 * wrong / max(len(batches.x), 1)
+    plain = MODELS[name]['build']()
+    return plain, prune.add_switches(plain, MODELS[name]['flat_switch'])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -213,17 +170,6 @@ class Phase(NamedTuple):
     name: str       # as the log and metrics.jsonl call it: 'dense', 'iteration 2', ...
     kind: str       # 'dense', 'penalised', 'finetune' or 'magnitude'
     epochs: int
-
-
-def schedule(args):
-    """The run's phases in order."""
-    phases = [Phase('dense', 'dense', 0 if args.pretrained else args.epochs)]
-    phases += [Phase(f'iteration {k}', 'penalised', args.epochs_per_iteration)
-               for k in range(1, args.iterations + 1)]
-    phases.append(Phase('finetune', 'finetune', args.finetune_epochs))
-    if args.compare == 'magnitude':     # as many epochs as BayesNAS trains after the dense phase
-        phases.append(Phase('magnitude', 'magnitude', sum(p.epochs for p in phases[1:])))
-    return phases
 
 
 def keep_strongest(prior, threshold):
@@ -252,12 +198,17 @@ class Compression:
         self.model.to(device)
         self.prior = HardPrior(self.model, args.lam)
         self.baseline = build(args.model)[1].to(device) if args.compare == 'magnitude' else None
-        self.batches = self.batches_of('train', args.batch_size, drop_last=True, augment=self.data_spec['augment'],
-                                       seed=args.seed)
+        self.batches = self.batches_of('train', args.batch_size, drop_last=True,
+                                       augment=self.data_spec['augment'], seed=args.seed)
         if len(self.batches) == 0:
             raise utils.UserError(f'--batch_size {args.batch_size} is larger than the training set '
                                   f'({len(self.data["train_x"])} images)')
-        self.phases = schedule(args)
+        self.phases = [Phase('dense', 'dense', 0 if args.pretrained else args.epochs)]
+        self.phases += [Phase(f'iteration {k}', 'penalised', args.epochs_per_iteration)
+                        for k in range(1, args.iterations + 1)]
+        self.phases.append(Phase('finetune', 'finetune', args.finetune_epochs))
+        if args.compare == 'magnitude':     # as many epochs as BayesNAS trains after the dense phase
+            self.phases.append(Phase('magnitude', 'magnitude', sum(p.epochs for p in self.phases[1:])))
         self.progress = dict(phase=0, epoch=0, optimizer=None, dense=None, results={}, elapsed=0.0)
         self.t0 = time.time()
 
@@ -270,7 +221,8 @@ class Compression:
         # run_files: how far log.txt and metrics.jsonl were written, for a resumed run to rewind to.
         state = dict(self.progress, elapsed=self.elapsed(), kind='compress', run_files=self.run.sizes(),
                      args=vars(self.args), model=self.model.state_dict(), prior=self.prior.state_dict(),
-                     rng=utils.get_rng_state(), baseline=None if self.baseline is None else self.baseline.state_dict())
+                     rng=utils.get_rng_state(),
+                     baseline=None if self.baseline is None else self.baseline.state_dict())
         utils.save_checkpoint(state, self.run.file('checkpoint.pt'))
 
     def restore(self, state):
@@ -308,11 +260,10 @@ class Compression:
         penalised = kind == 'penalised'
         for p in prune.switch_parameters(net):
             p.requires_grad_(penalised)
-        a = self.args
-        optimizers = [torch.optim.SGD(prune.weight_parameters(net), lr=a.learning_rate, momentum=a.momentum,
-                                      weight_decay=a.weight_decay)]
+        optimizers = [torch.optim.SGD(prune.weight_parameters(net), lr=self.args.learning_rate,
+                                      momentum=self.args.momentum, weight_decay=self.args.weight_decay)]
         if penalised:
-            optimizers.append(ProxAdam(self.prior, a.switch_lr))
+            optimizers.append(ProxAdam(self.prior, self.args.switch_lr))
         if self.progress['optimizer'] is not None:
             for opt, key in zip(optimizers, ('weights', 'switches')):
                 opt.load_state_dict(self.progress['optimizer'][key])
@@ -322,33 +273,51 @@ class Compression:
         return sum(p.epochs for p in self.phases[:phase])
 
     def train_one_epoch(self, name, kind, epochs, net, optimizers):
+        """One pass over the training batches, every optimiser stepping after each backward pass."""
         e, n = self.progress['epoch'], len(self.batches)
         lr0, total = self.args.learning_rate, epochs * n
-
-        def lr_of(step):
-            if kind == 'penalised':     # weights and switches settle together: no annealing
-                return lr0
-            return 0.5 * lr0 * (1 + math.cos(math.pi * (e * n + step) / total))
-
         # Its place in the data order: the baseline sees the batches BayesNAS saw after the dense phase.
-        index = e + (self.phases[0].epochs if kind == 'magnitude' else self.epochs_before(self.progress['phase']))
+        index = e + self.epochs_before(1 if kind == 'magnitude' else self.progress['phase'])
         self.batches.set_epoch(index)
-        loss, err = train_epoch(net, self.batches, optimizers, lr_of, self.run.log, self.args.report_freq, name)
+        net.train()
+        loss_m, acc_m = utils.AverageMeter(), utils.AverageMeter()
+        for step, (x, y) in enumerate(self.batches):
+            # The weights' rate: a cosine over the phase, constant while the switches settle with them.
+            lr = lr0 if kind == 'penalised' else 0.5 * lr0 * (1 + math.cos(math.pi * (e * n + step) / total))
+            optimizers[0].param_groups[0]['lr'] = lr       # the weights' SGD has one parameter group
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            utils.check_finite(loss, f'{name}: training loss')
+            net.zero_grad()             # the optimisers' parameters are all the net's
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            loss_m.update(loss.item(), len(y))
+            acc_m.update(utils.accuracy(logits.detach(), y)[0], len(y))
+            if self.args.report_freq and (step + 1) % self.args.report_freq == 0:
+                self.run.log(f'{name} step {step + 1}/{n} loss {loss_m.avg:.4f} error {100 - acc_m.avg:.2f}% '
+                             f'lr {lr:.4g}')
+        loss, err = loss_m.avg, 100 - acc_m.avg
         states = [opt.state_dict() for opt in optimizers] + [None]
         self.progress.update(epoch=e + 1, optimizer=dict(weights=states[0], switches=states[1]))
         penalty = f' penalty {self.prior.penalty().item():.4f}' if kind == 'penalised' else ''
         self.run.log(f'{name} epoch {e + 1}/{epochs} train loss {loss:.4f} error {err:.2f}%{penalty}')
-        prefix = 'baseline_' if kind == 'magnitude' else ''
-        self.run.metric(phase=name, epoch=index + 1, **{f'{prefix}train_loss': loss, f'{prefix}train_error': err})
+        pre = 'baseline_' if kind == 'magnitude' else ''
+        self.run.metric(phase=name, epoch=index + 1, **{f'{pre}train_loss': loss, f'{pre}train_error': err})
         self.save()
 
     def batches_of(self, split, batch_size, shuffle=True, **kwargs):
         return utils.Batches(self.data[f'{split}_x'], self.data[f'{split}_y'], batch_size, shuffle=shuffle,
                              mean=self.data_spec['mean'], std=self.data_spec['std'], **kwargs)
 
+    @torch.no_grad()
     def error(self, net):
-        """Test error (%): measured and reported, never used for a decision."""
-        return test_error(net, self.batches_of('test', 500, shuffle=False))
+        """Top-1 test error (%) in eval mode, the net's mode restored: measured, never used for a decision."""
+        was_training, batches = net.training, self.batches_of('test', 500, shuffle=False)
+        net.eval()
+        wrong = sum((net(x).argmax(1) != y).sum().item() for x, y in batches)
+        net.train(was_training)
+        return 100.0 * wrong / max(len(batches.x), 1)
 
     def end_dense(self, name):
         self.progress['dense'] = {k: v.detach().clone() for k, v in self.plain.state_dict().items()}
@@ -392,8 +361,7 @@ class Compression:
 
     def start_magnitude(self):
         """The dense weights, pruned by weight norm to the BayesNAS model's units per layer."""
-        # The baseline's switches are still as built (1, nothing masked): every checkpoint taken before
-        # this phase's first epoch holds it so.
+        # Its switches are still as built (1, nothing masked) in every checkpoint before this phase's start.
         plain = nn.Sequential(*[m for m in self.baseline if not isinstance(m, Switch)])
         plain.load_state_dict(self.progress['dense'])
         prune.magnitude_prune(self.baseline, [u.live for u in prune.layer_units(self.model)])
@@ -450,7 +418,8 @@ def load_pruned(path):
         net = prune.physical_prune(seq)
         net.load_state_dict(state['state_dict'])
     except (RuntimeError, AttributeError, TypeError) as e:
-        raise utils.UserError(f'{path} does not match model {state["model"]}: {" ".join(str(e).split())}') from e
+        raise utils.UserError(f'{path} does not match model {state["model"]}: '
+                              f'{" ".join(str(e).split())}') from e
     return net.eval()
 
 
@@ -458,7 +427,7 @@ def load_pruned(path):
 # Report
 # ----------------------------------------------------------------------------------------------------
 
-REPORT_COLUMNS = {'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnitude'}     # the table's, in order
+REPORT_COLUMNS = {'dense': 'dense', 'bayesnas': 'BayesNAS', 'magnitude': 'magnitude'}  # the table's, in order
 
 
 def make_report(comp):
@@ -480,9 +449,9 @@ def make_report(comp):
     macs = {k: utils.count_macs(n, comp.data_spec['shape']) for k, (n, _, _) in nets.items()}
     report = dict(
         model=comp.args.model, dataset=MODELS[comp.args.model]['data'],
-        layers=[dict(layer=u.label, **{k: v[i] for k, v in units.items()}) for i, u in enumerate(model_units)],
-        units={k: '-'.join(map(str, v)) for k, v in units.items()},
-        params=params, macs=macs,
+        layers=[dict(layer=u.label, **{k: v[i] for k, v in units.items()})
+                for i, u in enumerate(model_units)],
+        units={k: '-'.join(map(str, v)) for k, v in units.items()}, params=params, macs=macs,
         compression={k: params['dense'] / params[k] for k in nets if k != 'dense'},
         speedup={k: macs['dense'] / macs[k] for k in nets if k != 'dense'},
         file_bytes={k: run.file(f).stat().st_size for k, (_, _, f) in nets.items()},
@@ -517,8 +486,8 @@ def report_lines(r):
         errors.append(f'{REPORT_COLUMNS[k]} {e[k]:.2f}% ({", ".join(more)})')
     return lines + ['test error: ' + ', '.join(errors),
                     f'units {r["units"]["dense"]} -> {r["units"]["bayesnas"]}, parameters '
-                    f'{r["compression"]["bayesnas"]:.1f}x fewer, multiply-adds {r["speedup"]["bayesnas"]:.1f}x '
-                    f'fewer, wall time {utils.format_time(r["wall_time_s"])}']
+                    f'{r["compression"]["bayesnas"]:.1f}x fewer, multiply-adds '
+                    f'{r["speedup"]["bayesnas"]:.1f}x fewer, wall time {utils.format_time(r["wall_time_s"])}']
 
 
 def plot_units(report, path):
@@ -540,9 +509,8 @@ def plot_units(report, path):
 
 
 def plot_curves(metrics_path, path, phases):
-    """Training loss and error per epoch of BayesNAS and of the magnitude baseline (which trains over
-    the same epochs as BayesNAS after the dense phase), the penalised epochs shaded, and the masked
-    test error after each pruning step."""
+    """Training loss and error per epoch of BayesNAS and of the magnitude baseline, the penalised
+    epochs shaded, and the masked test error after each pruning step."""
     records = utils.read_metrics(metrics_path)
 
     def series(key):
@@ -592,7 +560,8 @@ def configure(argv):
     saved = state.get('args')
     # Not utils.require_kind: this message also says what the file holds instead.
     if utils.checkpoint_kind(state) != 'compress' or not isinstance(saved, dict):
-        raise utils.UserError(f'{path} is not a checkpoint of a compress.py run (it holds {_contents(state)})')
+        raise utils.UserError(f'{path} is not a checkpoint of a compress.py run '
+                              f'(it holds {_contents(state)})')
     if saved.get('model') not in MODELS:
         raise utils.UserError(f'{path} holds a model this compress.py does not know: {saved.get("model")!r}')
     args = argparse.Namespace(**utils.resumed_args(parser, saved, given, RUN_FLAGS))
@@ -608,8 +577,7 @@ def main(argv=None):
     # Inputs first: bad data or a wrong --pretrained leaves no run directory behind.
     data = DATASETS[MODELS[args.model]['data']]['load'](args.data, device=device)
     dense = read_dense(args.pretrained, args.model) if args.pretrained and state is None else None
-    run = utils.RunDir(args.save, args, resume=args.resume,
-                       rewind=state.get('run_files') if state is not None else None)
+    run = utils.RunDir(args.save, args, resume=args.resume, rewind=(state or {}).get('run_files'))
     comp = Compression(args, run, device, data, dense)
     if state is not None:
         comp.restore(state)
