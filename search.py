@@ -1,11 +1,11 @@
 """BayesNAS search on CIFAR-10: train the switch-augmented supernet, then prune it with HARD priors.
 
-    python search.py --gpu 0                                 # the default search (lambda 0.002)
+    python search.py --gpu 0                                 # the default search (lambda 0.01)
     python search.py --space nb201 --benchmark TABLE.csv     # a NAS-Bench-201 cell, looked up
     python search.py --space proxyless --gpu 0               # tree cells in the retrained PyramidNet
-    python search.py --lambda 0.01 --save runs/search-l01    # a sparser cell
-    python search.py --save runs/search-l01 --resume         # continue an interrupted search
-    python derive.py runs/search-l01 --topk 2                # a DARTS-comparable cell afterwards
+    python search.py --lambda 0.03 --save runs/search-l03    # a sparser cell
+    python search.py --save runs/search-l03 --resume         # continue an interrupted search
+    python derive.py runs/search-l03 --topk 2                # a DARTS-comparable cell afterwards
 
 The protocol (the paper's Algorithm 1 where it states one):
   1. warm-up: --warmup_epochs epochs of ordinary training of the weights (switches frozen at 1) on
@@ -109,13 +109,13 @@ def build_parser():
                    help='cutout during the warm-up, as in the paper (default: on)')
     p.add_argument('--cutout_length', type=int, default=16, help='cutout square side (16)')
     p.add_argument('--lambda', dest='lam', type=float, default=None, help='temperature lambda of all '
-                   'switches, a loss scale: larger is sparser (default: darts 0.002, nb201 0.005; see README)')
+                   'switches, a loss scale: larger is sparser (default: darts 0.01, nb201 0.005; see README)')
     p.add_argument('--lambda_origin', type=float, default=None, help='lambda of the edge (parent) '
                    'switches (default: --lambda)')
     p.add_argument('--lambda_child', type=float, default=None, help='lambda of the op (child) switches '
                    '(default: --lambda)')
-    p.add_argument('--switch_lr', type=float, default=0.01, help='learning rate of the switches '
-                   '(proximal Adam, see the module docstring; 0.01)')
+    p.add_argument('--switch_lr', type=float, default=None, help='learning rate of the switches '
+                   '(proximal Adam, see the module docstring; default: darts 0.002, nb201 and proxyless 0.01)')
     p.add_argument('--hessian', choices=METHODS + ('constant',), default='fisher', help='curvature '
                    "estimator: Monte-Carlo Fisher (default), the exact GGN diagonal, the paper's layer-wise "
                    "recursion, or 'constant': the Fisher's mean over all switches in place of every "
@@ -205,11 +205,12 @@ def check_args(a):
 
 
 def space_defaults(a):
-    """Fill in the flags whose default depends on --space (--layers, --lambda, --batch_size, --tie,
-    --alpha)."""
+    """Fill in the flags whose default depends on --space (--layers, --lambda, --switch_lr,
+    --batch_size, --tie, --alpha)."""
     space = spaces.get(a.space)
     a.layers = space.layers if a.layers is None else a.layers
     a.lam = space.lam if a.lam is None else a.lam
+    a.switch_lr = space.switch_lr if a.switch_lr is None else a.switch_lr
     a.batch_size = space.batch_size if a.batch_size is None else a.batch_size
     a.tie = space.tie if a.tie is None else a.tie
     if a.space == 'proxyless' and a.alpha is None:

@@ -36,6 +36,7 @@ class Space(NamedTuple):
     layers_means: str               # what --layers counts
     batch_size: int                 # default --batch_size of the search
     lam: float                      # default --lambda of the search (README: how it was chosen)
+    switch_lr: float                # default --switch_lr of the search (README: how it was chosen)
     supernet: Callable              # net (dict: C, layers, alpha, classes, tie) -> model_search.SwitchNetwork
     genotype: Callable              # ({cell_type: (kept (op, from, to), concat)}, net) -> the space's genotype
     pictures: tuple                 # the cell pictures derive.py draws: (file, cell_type, title)
@@ -149,7 +150,7 @@ SPACES = {
     'darts': Space(
         name='darts', candidates=genotypes.CANDIDATES, inputs=(0, 1), outputs=None,
         cell_types=('normal', 'reduce'), tie=True, one_op_per_edge=False, may_be_empty=False,
-        layers=8, layers_means='cells', batch_size=64, lam=0.002,
+        layers=8, layers_means='cells', batch_size=64, lam=0.01, switch_lr=0.002,
         supernet=lambda net: model_search.Network(net['C'], net['classes'], net['layers'], tie=net['tie']),
         genotype=_darts_genotype,
         pictures=(('cell_normal.png', 'normal', 'normal cell'), ('cell_reduce.png', 'reduce', 'reduce cell')),
@@ -160,7 +161,7 @@ SPACES = {
     'nb201': Space(
         name='nb201', candidates=genotypes.NB201_CANDIDATES, inputs=(0,), outputs=(genotypes.NB201_NODES - 1,),
         cell_types=('normal',), tie=True, one_op_per_edge=True, may_be_empty=False,
-        layers=5, layers_means='cells per stage', batch_size=64, lam=0.005,
+        layers=5, layers_means='cells per stage', batch_size=64, lam=0.005, switch_lr=0.01,
         supernet=lambda net: model_search.NB201Search(net['C'], net['layers'], net['classes'], tie=net['tie']),
         genotype=_nb201_genotype,
         pictures=(('cell.png', 'normal', 'NAS-Bench-201 cell'),),
@@ -172,7 +173,7 @@ SPACES = {
     'proxyless': Space(
         name='proxyless', candidates=proxyless.CANDIDATES, inputs=(0,), outputs=tuple(proxyless.LEAVES),
         cell_types=None, tie=False, one_op_per_edge=True, may_be_empty=True,
-        layers=18, layers_means='blocks per stage', batch_size=32, lam=0.005,
+        layers=18, layers_means='blocks per stage', batch_size=32, lam=0.005, switch_lr=0.01,
         supernet=lambda net: model_search.ProxylessSearch(net['C'], net['layers'], net['classes'], net['tie'],
                                                           net['alpha']),
         genotype=_proxyless_genotype,

@@ -47,7 +47,7 @@ def test_search_writes_its_run_directory_and_a_valid_cell(data, tmp_path):
     for name in ('gamma.png', 'curves.png', 'cell_normal.png', 'cell_reduce.png'):
         assert (save / name).read_bytes()[:4] == b'\x89PNG', name
     args = json.loads((save / 'args.json').read_text())
-    assert args['lam'] == 0.002 and args['hessian'] == 'fisher' and args['update'] == 'reweight'
+    assert args['lam'] == 0.01 and args['switch_lr'] == 0.002 and args['hessian'] == 'fisher' and args['update'] == 'reweight'
     assert args['layers'] == 3
     metrics = [json.loads(line) for line in (save / 'metrics.jsonl').read_text().splitlines()]
     assert {m['phase'] for m in metrics} == {'warmup', 'search', 'update'}
@@ -304,8 +304,8 @@ def test_resume_refuses_other_scripts_checkpoints_and_names_flags_as_written(tmp
     # A search checkpoint (its arguments are all that is read before the flags are compared).
     utils.save_checkpoint({'kind': 'search', 'args': vars(search.space_defaults(search.build_parser().parse_args([])))},
                           run / 'checkpoint.pt')
-    line = one_line_error(run_cli('--save', run, '--resume', '--lambda', '0.01'))
-    assert line.startswith("error: --lambda 0.01 differs from the resumed run's 0.002")
+    line = one_line_error(run_cli('--save', run, '--resume', '--lambda', '0.03'))
+    assert line.startswith("error: --lambda 0.03 differs from the resumed run's 0.01")
     line = one_line_error(run_cli('--save', run, '--resume', '--lam', '0.01'))
     assert 'unrecognized arguments: --lam' in line
 
