@@ -53,6 +53,7 @@ atomically after every epoch: model, optimiser, schedule, every process's random
 and at the end model.pt (the trained weights and how to build the network, for --eval_only).
 """
 import argparse
+import gc
 import math
 import os
 import re
@@ -300,6 +301,11 @@ class Job:
 
     def stop(self):
         if self.enabled and dist.is_initialized():
+            # The DDP wrapper and the parameters' gradient hooks sit in reference cycles that hold
+            # the process group; left to the interpreter's exit, gloo's threads outlive it and the
+            # process aborts ('terminate called without an active exception') after its work is
+            # done. Collecting them first makes the group's destruction the last word.
+            gc.collect()
             dist.destroy_process_group()
 
     def sum(self, values):
