@@ -241,16 +241,19 @@ class Compression:
     # -- the phases ----------------------------------------------------------------------------------
 
     def execute(self):
-        """Each phase: its start_KIND (if any) before the first epoch, the epochs, its end_KIND."""
+        """Each phase: its start (if any) before the first epoch, the epochs, its end."""
+        starts = {'finetune': self.start_finetune, 'magnitude': self.start_magnitude}
+        ends = {'dense': self.end_dense, 'penalised': self.end_penalised, 'finetune': self.end_finetune,
+                'magnitude': self.end_magnitude}
         while self.progress['phase'] < len(self.phases):
             name, kind, epochs = self.phases[self.progress['phase']]
-            if hasattr(self, f'start_{kind}') and self.progress['epoch'] == 0:
-                getattr(self, f'start_{kind}')()
+            if kind in starts and self.progress['epoch'] == 0:
+                starts[kind]()
             net = self.baseline if kind == 'magnitude' else self.model
             optimizers = self.optimizers(net, kind)
             while self.progress['epoch'] < epochs:
                 self.train_one_epoch(name, kind, epochs, net, optimizers)
-            getattr(self, f'end_{kind}')(name)
+            ends[kind](name)
             self.progress.update(phase=self.progress['phase'] + 1, epoch=0, optimizer=None)
             self.save()
 
