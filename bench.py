@@ -2,11 +2,12 @@
 
     python bench.py                      # full measurements on the current device (CUDA if present)
     python bench.py --gpu 0 --compile    # also torch.compile variants
-    python bench.py --quick              # a small CPU smoke run (under a minute), for CI
+    python bench.py --quick              # a small CPU smoke run at toy sizes, for CI
 
 Every figure is the median of repeated runs after warm-up runs, with CUDA synchronised around each:
-  1. supernet training step exactly as search.py takes it (forward, cross-entropy + HARD penalty,
-     backward, clipping, SGD): images/s and peak memory of the default search network at several
+  1. supernet training step exactly as search.py takes it (forward, cross-entropy, backward,
+     clipping, SGD on the weights, proximal Adam on the switches, whose proximal part is the HARD
+     penalty): images/s and peak memory of the default search network at several
      batch sizes; fp32, bf16 autocast, channels_last (and with --compile torch.compile, default mode
      and CUDA graphs, its compilation timed apart);
   2. each curvature estimator's time per batch as a ratio to one training step on the same batch, and
@@ -25,7 +26,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -79,13 +79,6 @@ def reset_peak(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_mib(device):
-    """Peak GPU memory allocated since reset_peak; on the CPU the process's peak resident size."""
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def batch(n, device, classes=10):
     return torch.randn(n, 3, 32, 32, device=device), torch.randint(0, classes, (n,), device=device)
 
@@ -135,23 +128,17 @@ def bench_search_step(cfg, device, compile_too):
             s.model.train()
             sec = timed(lambda: s.train_step(x, y, True), device, cfg['warmup'], cfg['repeats'], first)
             rows.append(dict(batch_size=bs, variant=name, step_s=sec, images_per_s=bs / sec,
-                             peak_mib=peak_mib(device), wall_s=time.perf_counter() - t0, first_step_s=first[0]))
+                             peak_mib=utils.peak_memory_mib(device), wall_s=time.perf_counter() - t0, first_step_s=first[0]))
             show_search_step(rows[-1])
             del s
     return rows
-
-
-def spearman(a, b):
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
 def flat(curv):
     return torch.cat([v.flatten() for v in curv.values()]).double().cpu()
 
 
-def warm_up(s, data, device):
+def warm_up(s, device):
     """search.py's warm-up epoch (weights only, switches at 1) on real images; returns a plain batch
     of the switch-training part for the curvature, and the warm-up's final training accuracy."""
     parts = search.make_data(s.args, device)
@@ -175,7 +162,7 @@ def bench_curvature(cfg, device, data=None):
     s = make_search(cfg, device, bs, channels_last=True, data=data)
     result = dict(batch_size=bs, switches=len(s.switches), images='noise')
     if data is not None:
-        (x, y), acc = warm_up(s, data, device)
+        (x, y), acc = warm_up(s, device)
         result.update(images=f'CIFAR-10 from {data}, after the warm-up epoch', warmup_train_acc=acc)
     else:
         x, y = batch(bs, device)
@@ -191,9 +178,9 @@ def bench_curvature(cfg, device, data=None):
     draws = cfg['fisher_draws']
     fisher_avg = sum(flat(switch_curvature(s.model, [(x, y)], 'fisher')) for _ in range(draws)) / draws
     ggn = flat(curv['ggn'])
-    result['spearman_vs_ggn'] = {'recursive': spearman(flat(curv['recursive']), ggn),
-                                 'fisher, 1 draw': spearman(flat(curv['fisher']), ggn),
-                                 f'fisher, mean of {draws}': spearman(fisher_avg, ggn)}
+    result['spearman_vs_ggn'] = {'recursive': utils.spearman(flat(curv['recursive']), ggn),
+                                 'fisher, 1 draw': utils.spearman(flat(curv['fisher']), ggn),
+                                 f'fisher, mean of {draws}': utils.spearman(fisher_avg, ggn)}
     # Scale matters too: lambda is compared with the curvature in the update.
     measured = ggn > 0
     result['median_ratio_to_ggn'] = {
@@ -263,7 +250,7 @@ def bench_eval_networks(cfg, device, compile_too):
             sec = timed(step, device, cfg['warmup'], cfg['repeats'], first)
             rows.append(dict(arch=arch, variant=name, params_M=utils.count_params(net) / 1e6,
                              batch_size=cfg['eval_batch'], images_per_s=cfg['eval_batch'] / sec,
-                             peak_mib=peak_mib(device), first_step_s=first[0]))
+                             peak_mib=utils.peak_memory_mib(device), first_step_s=first[0]))
             show_eval(rows[-1])
             del net, model, opt
     return rows
@@ -303,7 +290,7 @@ def bench_proxyless(cfg, device):
         x, y = batch(p['batch'], device)
         reset_peak(device)
         step = search_step_rate(s, device, x, y, cfg)
-        row.update(step_s=step, images_per_s=p['batch'] / step, peak_mib=peak_mib(device),
+        row.update(step_s=step, images_per_s=p['batch'] / step, peak_mib=utils.peak_memory_mib(device),
                    fisher_s=timed(lambda: switch_curvature(s.model, [(x, y)], 'fisher'), device, 1, cfg['repeats']))
     rows = [row]
     show_proxyless(row)
@@ -324,7 +311,7 @@ def bench_proxyless(cfg, device):
     sec = timed(train_step, device, cfg['warmup'], cfg['repeats'])
     rows.append(dict(kind='ProxylessNAS-G ops, retraining', params_M=utils.count_params(net) / 1e6,
                      macs_M=utils.count_macs(net, (3, 32, 32)) / 1e6, batch_size=p['eval_batch'],
-                     step_s=sec, images_per_s=p['eval_batch'] / sec, peak_mib=peak_mib(device)))
+                     step_s=sec, images_per_s=p['eval_batch'] / sec, peak_mib=utils.peak_memory_mib(device)))
     show_proxyless(rows[-1])
     return rows
 
@@ -437,7 +424,7 @@ SECTIONS = ('search_step', 'curvature', 'pruned', 'eval_train', 'proxyless')
 
 def main(argv=None):
     parser = utils.Parser('bench.py', description='Benchmarks of the search and retraining steps.')
-    parser.add_argument('--quick', action='store_true', help='small CPU smoke run (under a minute)')
+    parser.add_argument('--quick', action='store_true', help='small CPU smoke run at toy sizes')
     parser.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: cuda:0 if present)')
     parser.add_argument('--compile', action='store_true', help='also measure torch.compile variants')
     parser.add_argument('--only', nargs='+', choices=SECTIONS, default=list(SECTIONS),
@@ -448,6 +435,10 @@ def main(argv=None):
                         'supernet warmed up on real images, as search.py does (default: noise images)')
     parser.add_argument('--out', default='bench.json', help='JSON report path (default: bench.json)')
     args = parser.parse_args(argv)
+    utils.check([
+        (not (args.quick and args.gpu is not None), '--quick runs on the CPU; leave out --gpu'),
+        (all(b >= 2 for b in args.batch_sizes or []), f'--batch_sizes must be at least 2, got {args.batch_sizes}'),
+    ])
     device = torch.device('cpu') if args.quick else utils.get_device(args.gpu)
     cfg = dict(QUICK if args.quick else FULL)
     if args.batch_sizes:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 import prune
 import utils
-from hessian import METHODS, HardPrior, ProxAdam, Switch, switch_curvature
+from hessian import METHODS, HardPrior, ProxAdam, Switch, switch_curvature, switch_parameters, weight_parameters
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -156,10 +156,15 @@ DATASETS = {
 }
 
 
+class Built(NamedTuple):
+    plain: nn.Sequential        # the model of MODELS
+    switched: nn.Sequential     # the same layers with a hessian.Switch after every unit layer
+
+
 def build(name):
-    """(plain chain, switched chain sharing its layers) for a model of MODELS."""
+    """A model of MODELS, plain and switched (sharing its layers)."""
     plain = MODELS[name]['build']()
-    return plain, prune.add_switches(plain, MODELS[name]['flat_switch'])
+    return Built(plain, prune.add_switches(plain, MODELS[name]['flat_switch']))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,7 +202,7 @@ class Compression:
             self.plain.load_state_dict(dense)
         self.model.to(device)
         self.prior = HardPrior(self.model, args.lam)
-        self.baseline = build(args.model)[1].to(device) if args.compare == 'magnitude' else None
+        self.baseline = build(args.model).switched.to(device) if args.compare == 'magnitude' else None
         self.batches = self.batches_of('train', args.batch_size, drop_last=True,
                                        augment=self.data_spec['augment'], seed=args.seed)
         if len(self.batches) == 0:
@@ -261,9 +266,9 @@ class Compression:
         """[SGD for the weights, then ProxAdam in a penalised phase], fresh at a phase's start or as
         checkpointed. Switches only train in the penalised phases; elsewhere they are frozen."""
         penalised = kind == 'penalised'
-        for p in prune.switch_parameters(net):
+        for p in switch_parameters(net):
             p.requires_grad_(penalised)
-        optimizers = [torch.optim.SGD(prune.weight_parameters(net), lr=self.args.learning_rate,
+        optimizers = [torch.optim.SGD(weight_parameters(net), lr=self.args.learning_rate,
                                       momentum=self.args.momentum, weight_decay=self.args.weight_decay)]
         if penalised:
             optimizers.append(ProxAdam(self.prior, self.args.switch_lr))
@@ -388,7 +393,7 @@ def read_dense(path, name):
     if state.get('model') != name or 'state_dict' not in state:
         raise utils.UserError(f'--pretrained {path} is not a dense {name} model written by compress.py '
                               f'(it holds {_contents(state)})')
-    problem = utils.state_dict_mismatch(build(name)[0], state['state_dict'])
+    problem = utils.state_dict_mismatch(build(name).plain, state['state_dict'])
     if problem:
         raise utils.UserError(f'--pretrained {path} does not fit {name}: {problem}')
     return state['state_dict']
@@ -413,7 +418,7 @@ def load_pruned(path):
     state = utils.load_checkpoint(path)
     if state.get('model') not in MODELS or 'masks' not in state or 'state_dict' not in state:
         raise utils.UserError(f'{path} is not a pruned model written by compress.py')
-    seq = build(state['model'])[1]
+    seq = build(state['model']).switched
     if len(prune.switch_layers(seq)) != len(state['masks']):
         raise utils.UserError(f'{path} does not match model {state["model"]}: its switch layers differ')
     try:

@@ -571,8 +571,8 @@ def plot_cell(cell, concat, path, title, inputs=INPUTS):
 
 
 def plot_genotype(genotype, out_dir):
-    """The space's cell pictures (DARTS: cell_normal.png and cell_reduce.png; NAS-Bench-201: cell.png)
-    in out_dir; returns their Figures by cell type."""
+    """The space's cell pictures (DARTS: cell_normal.png and cell_reduce.png; NAS-Bench-201: cell.png;
+    proxyless: cell_sShK.png, the trees of each stage's first block) in out_dir; returns their Figures by cell type."""
     space = spaces.space_of(genotype)
     figures = {}
     for file, cell_type, title in space.pictures:
@@ -693,16 +693,19 @@ def _nats_lookup(path, arch):
     except ImportError:
         raise utils.UserError(f'{path} is not a .csv table, and reading the NATS-Bench API file needs the '
                               f'nats_bench package (pip install nats_bench)') from None
-    api = create(str(path), 'tss', fast_mode=True, verbose=False)
-    index = api.query_index_by_arch(arch)
-    if index is None or index < 0:
+    try:
+        api = create(str(path), 'tss', fast_mode=True, verbose=False)
+        index = api.query_index_by_arch(arch)
+        infos = [] if index is None or index < 0 else [
+            (dataset, api.get_more_info(index, dataset, hp='200', is_random=False))
+            for dataset in ('cifar10-valid', 'cifar10')]
+    except Exception as e:      # nats_bench fails in its own ways on a file that is not its format
+        raise utils.UserError(f'{path} is not a .csv table nor a NATS-Bench topology file nats_bench '
+                              f'can read: {type(e).__name__}: {e}') from e
+    if not infos:
         raise utils.UserError(f'{arch} is not in the NATS-Bench file {path}')
-    values = {}
-    for dataset in ('cifar10-valid', 'cifar10'):
-        info = api.get_more_info(index, dataset, hp='200', is_random=False)
-        for metric in ('valid-accuracy', 'test-accuracy'):
-            if isinstance(info.get(metric), (int, float)):
-                values[f'{dataset} {metric}'] = float(info[metric])
+    values = {f'{dataset} {metric}': float(info[metric]) for dataset, info in infos
+              for metric in ('valid-accuracy', 'test-accuracy') if isinstance(info.get(metric), (int, float))}
     return values, 1
 
 

@@ -329,8 +329,8 @@ def save_json(genotype, path):
 
 
 def load_json(path):
-    """Read a DARTS-space genotype written by save_json; ValueError naming the file if it is missing,
-    malformed or of another space."""
+    """Read a DARTS-space genotype file (json_text's format: derive.py's genotype.json, save_json's
+    files); ValueError naming the file if it is missing, malformed or of another space."""
     space, genotype = load_file(path)
     if space != 'darts':
         raise ValueError(f'genotype file {path} holds a cell of the {space} space, not a DARTS genotype')
@@ -349,10 +349,11 @@ def read_json(path, what='genotype file'):
 
 
 def load_file(path):
-    """(space, genotype) from a file written by save_json: ('darts', Genotype) or ('nb201', string)."""
+    """(space, genotype) from a genotype file: ('darts', Genotype), ('nb201', string), or
+    ('proxyless', dict) for a PyramidTreeNet config, returned unchecked (proxyless.py checks those)."""
     data = read_json(path)
     if isinstance(data, dict) and data.get('name') == 'PyramidTreeNet':
-        raise ValueError(f'{path} is a proxyless network config (PyramidTreeNet): pass --space proxyless')
+        return 'proxyless', data
     if isinstance(data, dict) and 'space' in data:
         if data.get('space') != 'nb201' or set(data) != {'space', 'arch'}:
             raise ValueError(f'genotype file {path}: a file with a "space" must be {{"space": "nb201", '

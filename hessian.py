@@ -114,6 +114,17 @@ def _switches(model):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, Switch)]
 
 
+def switch_parameters(model):
+    """The switches' scales, in module order: what the proximal optimiser (ProxAdam) trains."""
+    return [m.s for _, m in _switches(model)]
+
+
+def weight_parameters(model):
+    """Every parameter of model but the switches' scales."""
+    switches = {id(p) for p in switch_parameters(model)}
+    return [p for p in model.parameters() if id(p) not in switches]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Curvature: entry point
 # ----------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ whole measurement runs end to end; its figures predict nothing. Writes OUT/summa
 status, wall time and headline figures) and each step's own outputs under OUT/STEP.
 """
 import json
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -76,8 +77,8 @@ def build_parser():
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    if not (Path(a.data) / 'cifar-10-batches-py').is_dir():
-        raise utils.UserError(f'--data {a.data} holds no cifar-10-batches-py folder')
+    if not ((Path(a.data) / 'cifar-10-batches-py').is_dir() or (Path(a.data) / 'data_batch_1').is_file()):
+        raise utils.UserError(f'--data {a.data} holds no cifar-10-batches-py folder (nor is one)')
     out = Path(a.out or f'runs/measure-{time.strftime("%Y%m%d-%H%M%S")}')
     plan = steps(a, out)
     names = [name for name, _ in plan]
@@ -93,8 +94,11 @@ def main(argv=None):
         t0 = time.perf_counter()
         try:
             summary[name] = dict(status='ok', **run())
-        except (utils.UserError, RuntimeError, ValueError, OSError) as e:
-            traceback.print_exc()
+        except Exception as e:      # one failing step must not cost the figures of the others
+            if isinstance(e, utils.UserError):
+                print(f'{name}: {e}', file=sys.stderr)
+            else:
+                traceback.print_exc()
             summary[name] = dict(status='failed', error=f'{type(e).__name__}: {e}'.splitlines()[0])
         summary[name]['wall_s'] = time.perf_counter() - t0
         print(f'=== {name}: {summary[name]["status"]} in {summary[name]["wall_s"]:.0f} s ===', flush=True)

@@ -171,7 +171,7 @@ class Cell(nn.Module):
         return x.new_zeros((n, self.C, h, w))
 
 
-def darts_cell(edges, concat, C_prev_prev, C_prev, C, reduction, reduction_prev, switches=False):
+def darts_cell(edges, concat, C_prev_prev, C_prev, C, *, reduction, reduction_prev, switches=False):
     """A DARTS cell: node 0 (the cell before the previous one, twice the size after a reduction) and
     node 1 (the previous cell) preprocessed to C channels."""
     affine = not switches
@@ -196,10 +196,11 @@ def reduction_layers(layers):
     return layers // 3, 2 * layers // 3
 
 
-def stack_cells(layers, C, C_stem, reduction_prev, make_cell):
+def stack_cells(layers, C, C_stem, make_cell, *, reduction_prev=False):
     """DARTS's stack of `layers` cells, with reductions (and doubled channels) at 1/3 and 2/3 of the
-    depth. make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev) builds one cell. Returns
-    the cells and the channels of each cell's output."""
+    depth. make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev) builds one cell;
+    reduction_prev: the stem before the first cell reduces (ImageNet's). Returns the cells and the
+    channels of each cell's output."""
     cells, channels = nn.ModuleList(), []
     C_prev_prev, C_prev, C_curr = C_stem, C_stem, C
     for i in range(layers):
@@ -263,11 +264,10 @@ class SwitchNetwork(nn.Module):
         return hessian.HardPrior(self, lam=lam.__getitem__, group_of=group_of.get, parent=parent, inflow=inflow)
 
     def switch_parameters(self):
-        return [m.s for m in self.modules() if isinstance(m, hessian.Switch)]
+        return hessian.switch_parameters(self)
 
     def weight_parameters(self):
-        switch = {id(p) for p in self.switch_parameters()}
-        return [p for p in self.parameters() if id(p) not in switch]
+        return hessian.weight_parameters(self)
 
 
 class Network(SwitchNetwork):
@@ -285,9 +285,10 @@ class Network(SwitchNetwork):
         concat = list(nodes)
 
         def make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev):
-            return darts_cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction, reduction_prev, switches=True)
+            return darts_cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction=reduction,
+                              reduction_prev=reduction_prev, switches=True)
 
-        self.cells, channels = stack_cells(layers, C, C_stem, False, make_cell)
+        self.cells, channels = stack_cells(layers, C, C_stem, make_cell)
         C_prev = channels[-1]
         # Every op of every edge is summed with its switch at 1, so the last cell's output is many
         # times larger than one op's; without this BatchNorm the logits start in the tens and SGD at
@@ -360,9 +361,10 @@ class _EvalNetwork(nn.Module):
 
         def make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev):
             edges, concat = reduce if reduction else normal
-            return darts_cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction, reduction_prev)
+            return darts_cell(edges, concat, C_prev_prev, C_prev, C_cell, reduction=reduction,
+                              reduction_prev=reduction_prev)
 
-        self.cells, channels = stack_cells(layers, C, C_stem, reduction_prev, make_cell)
+        self.cells, channels = stack_cells(layers, C, C_stem, make_cell, reduction_prev=reduction_prev)
         C_prev = channels[-1]
         if auxiliary:       # after the second reduction cell, as DARTS
             self.auxiliary_head = aux_head(channels[reduction_layers(layers)[1]], num_classes)

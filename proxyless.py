@@ -151,13 +151,6 @@ def from_short(text):
     return [(SHORT[n], s, d) for n, (s, d) in zip(names, TEMPLATE)]
 
 
-def to_short(edges):
-    ops = {(s, d): op for op, s, d in edges}
-    name = {op: short for short, op in SHORT.items()}
-    names = [name[ops.get(e, 'none')] for e in TEMPLATE]
-    return ', '.join(' '.join(names[i:i + 2]) for i in range(0, 6, 2))
-
-
 # ProxylessNAS-G (Cai, Zhu, Han 2019), the CIFAR-10 network its authors published in this format:
 # C 16, alpha 84, 18 blocks per stage; one line per block, its two halves in from_short's form.
 PROXYLESSNAS_G = (

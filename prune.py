@@ -149,16 +149,6 @@ def units_string(units, which):
     return '-'.join(str(u[index]) for u in units)
 
 
-def switch_parameters(seq):
-    return [m.s for m in seq.modules() if isinstance(m, Switch)]
-
-
-def weight_parameters(seq):
-    """Every parameter but the switches'."""
-    switches = {id(p) for p in switch_parameters(seq)}
-    return [p for p in seq.parameters() if id(p) not in switches]
-
-
 # ----------------------------------------------------------------------------------------------------
 # Physical pruning
 # ----------------------------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ def build_parser():
     p.add_argument('--layers', type=int, default=8, help='cells (8)')
     p.add_argument('--valid_portion', type=float, default=0.2, help='held-out share of the training '
                    'set (0.2)')
-    p.add_argument('--split_seed', type=int, default=0, help='seed of the training/held-out split (0)')
+    p.add_argument('--split_seed', type=int, default=0, help='seed of the training/held-out split and of '
+                   'the random cells (0)')
     p.add_argument('--param_tolerance', type=float, default=0.2, help='random networks have weights '
                    'within this relative distance of the searched one where such cells exist (0.2)')
     p.add_argument('--jobs', type=int, default=1, help='trainings run at once, in worker processes (1)')
@@ -147,12 +148,6 @@ def random_genotypes(searched, args, draws=200):
 # One short training (runs in a worker process when --jobs > 1)
 # ----------------------------------------------------------------------------------------------------
 
-def split(n, portion, seed):
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    cut = n - int(round(portion * n))
-    return order[:cut], order[cut:]
-
-
 def train_one(job):
     """Held-out accuracy (%) of one genotype after a short training with one seed."""
     args, genotype, seed = job['args'], job['genotype'], job['seed']
@@ -160,8 +155,9 @@ def train_one(job):
     device = utils.get_device(args['gpu'])
     data = utils.load_cifar10(args['data'], device=device)
     del data['test_x'], data['test_y']                  # never read: decisions need no test set
-    train_idx, valid_idx = (i.to(device) for i in split(len(data['train_x']), args['valid_portion'],
-                                                        args['split_seed']))
+    n = len(data['train_x'])
+    train_idx, valid_idx = (i.to(device) for i in utils.shuffled_split(
+        n, n - int(round(args['valid_portion'] * n)), args['split_seed']))
     x, y = data['train_x'], data['train_y']
     train = utils.Batches(x[train_idx], y[train_idx], args['batch_size'], drop_last=True, seed=seed,
                           augment=dict(crop_pad=4, flip=True))

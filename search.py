@@ -56,7 +56,6 @@ import argparse
 import itertools
 import json
 import math
-import resource
 import time
 from pathlib import Path
 
@@ -109,7 +108,8 @@ def build_parser():
                    help='cutout during the warm-up, as in the paper (default: on)')
     p.add_argument('--cutout_length', type=int, default=16, help='cutout square side (16)')
     p.add_argument('--lambda', dest='lam', type=float, default=None, help='temperature lambda of all '
-                   'switches, a loss scale: larger is sparser (default: darts 0.01, nb201 0.005; see README)')
+                   'switches, a loss scale: larger is sparser (default: darts 0.01, nb201 and proxyless '
+                   '0.005; see README)')
     p.add_argument('--lambda_origin', type=float, default=None, help='lambda of the edge (parent) '
                    'switches (default: --lambda)')
     p.add_argument('--lambda_child', type=float, default=None, help='lambda of the op (child) switches '
@@ -204,23 +204,23 @@ def check_args(a):
     derive.check_benchmark(a.benchmark, spaces.get(a.space))
 
 
-def space_defaults(a):
+def space_defaults(args):
     """Fill in the flags whose default depends on --space (--layers, --lambda, --switch_lr,
     --batch_size, --tie, --alpha)."""
-    space = spaces.get(a.space)
-    a.layers = space.layers if a.layers is None else a.layers
-    a.lam = space.lam if a.lam is None else a.lam
-    a.switch_lr = space.switch_lr if a.switch_lr is None else a.switch_lr
-    a.batch_size = space.batch_size if a.batch_size is None else a.batch_size
-    a.tie = space.tie if a.tie is None else a.tie
-    if a.space == 'proxyless' and a.alpha is None:
-        a.alpha = 84
-    return a
+    space = spaces.get(args.space)
+    args.layers = space.layers if args.layers is None else args.layers
+    args.lam = space.lam if args.lam is None else args.lam
+    args.switch_lr = space.switch_lr if args.switch_lr is None else args.switch_lr
+    args.batch_size = space.batch_size if args.batch_size is None else args.batch_size
+    args.tie = space.tie if args.tie is None else args.tie
+    if args.space == 'proxyless' and args.alpha is None:
+        args.alpha = 84
+    return args
 
 
-def net_of(a):
+def net_of(args):
     """The supernet's size as spaces.Space.supernet takes it (and gamma.json records it)."""
-    return dict(C=a.init_channels, layers=a.layers, alpha=a.alpha, classes=10, tie=a.tie)
+    return dict(C=args.init_channels, layers=args.layers, alpha=args.alpha, classes=10, tie=args.tie)
 
 
 def compiled(model, device):
@@ -239,16 +239,11 @@ def lambdas(a):
 # Data: two disjoint parts of the training set
 # ----------------------------------------------------------------------------------------------------
 
-def split(n, portion, seed):
-    """(warm-up indices, switch-training indices): a seeded shuffle of range(n) cut at portion * n."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    cut = int(round(portion * n))
-    return order[:cut], order[cut:]
-
-
 def make_data(args, device):
     data = utils.load_cifar10(args.data, device=device, download=args.download)
-    warm, joint = (idx.to(device) for idx in split(len(data['train_x']), args.warmup_portion, args.seed))
+    n = len(data['train_x'])
+    cut = int(round(args.warmup_portion * n))
+    warm, joint = (idx.to(device) for idx in utils.shuffled_split(n, cut, args.seed))
     x, y = data['train_x'], data['train_y']
     for name, part, used in (('switch-training', joint, True), ('warm-up', warm, args.warmup_epochs > 0)):
         if used and len(part) < args.batch_size:
@@ -572,12 +567,6 @@ def write_genotype(search, doc):
     return genotype, literal
 
 
-def peak_memory_mib(device):
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # peak resident size, KiB
-
-
 # ----------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------
@@ -602,6 +591,7 @@ def configure(argv):
     stored = argparse.Namespace(**utils.resumed_args(parser, state['args'], given, RUN_FLAGS))
     if stored.tie is None:      # a checkpoint of the days of --untie
         stored.tie = not state['args'].get('untie', False)
+    space_defaults(stored)      # flags the run predates take their defaults, which depend on --space
     check_args(stored)
     return stored, state
 
@@ -659,7 +649,7 @@ def main(argv=None):
 
     total = search.elapsed + search.clock()
     run.log(f'search finished in {utils.format_time(total)}, peak memory '
-            f'{peak_memory_mib(device):.0f} MiB ({"GPU" if device.type == "cuda" else "process"})')
+            f'{utils.peak_memory_mib(device):.0f} MiB ({"GPU" if device.type == "cuda" else "process"})')
     genotype, literal = write_genotype(search, doc)
     if args.benchmark is not None:
         run.log(derive.lookup(args.benchmark, genotype))

@@ -17,8 +17,6 @@ import itertools
 import json
 from pathlib import Path
 
-import torch
-
 import genotypes
 import utils
 
@@ -33,9 +31,12 @@ def read_genotype(run):
     if not path.is_file():
         raise utils.UserError(f'{path} is missing: {run} is not a finished search')
     try:
-        return genotypes.load_file(path)
+        space, genotype = genotypes.load_file(path)
     except ValueError as e:
         raise utils.UserError(str(e)) from e
+    if space not in EDGES:
+        raise utils.UserError(f'{run} is a {space} search; stability.py compares darts and nb201 searches')
+    return space, genotype
 
 
 def kept_set(run):
@@ -54,14 +55,6 @@ def jaccard(a, b):
     return len(a & b) / max(1, len(a | b))
 
 
-def spearman(x, y):
-    if len(x) < 3:
-        return float('nan')
-    rx, ry = (torch.tensor(v, dtype=torch.float64).argsort().argsort().double() for v in (x, y))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-30))
-
-
 def summary(run):
     path = Path(run) / 'gamma.json'
     try:
@@ -69,17 +62,24 @@ def summary(run):
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise utils.UserError(f'{path} is missing or not a gamma table: {e}') from e
     kept = kept_set(run)
+    try:
+        return _summary(run, rows, kept)
+    except (KeyError, TypeError, AttributeError) as e:     # rows that are not search.py's records
+        raise utils.UserError(f'{path} is not a gamma table of search.py: {type(e).__name__} {e}') from e
+
+
+def _summary(run, rows, kept):
     ops = [r for r in rows if r.get('op') is not None]
     live = [r for r in ops if not r['pruned']]
     relevant = [r for r in ops if r.get('relevance', 0) > 0]
     return dict(run=str(run), normal=sum(k[0] == 'normal' for k in kept), reduce=sum(k[0] == 'reduce' for k in kept),
                 pruned=sum(r['pruned'] for r in rows),
                 pruned_at_zero_relevance=sum(r['pruned'] and r.get('relevance', None) == 0 for r in rows),
-                gamma_vs_norm=spearman([r['gamma_raw'] for r in live], [r['norm'] for r in live]),
-                gamma_vs_curvature=spearman([r['gamma_raw'] for r in live], [r['curvature'] for r in live]),
-                relevance_vs_norm=spearman([r['relevance'] for r in relevant],
+                gamma_vs_norm=utils.spearman([r['gamma_raw'] for r in live], [r['norm'] for r in live]),
+                gamma_vs_curvature=utils.spearman([r['gamma_raw'] for r in live], [r['curvature'] for r in live]),
+                relevance_vs_norm=utils.spearman([r['relevance'] for r in relevant],
                                            [r.get('norm_at_update', r['norm']) for r in relevant]),
-                relevance_vs_curvature=spearman([r['relevance'] for r in relevant], [r['curvature'] for r in relevant]))
+                relevance_vs_curvature=utils.spearman([r['relevance'] for r in relevant], [r['curvature'] for r in relevant]))
 
 
 def edge_survival(sets, space='darts'):
@@ -98,7 +98,7 @@ def main(argv=None):
     p = utils.Parser('stability.py', description='Compare finished searches (see the module docstring).')
     p.add_argument('runs', nargs='+', help='search run directories')
     args = p.parse_args(argv)
-    found = {read_genotype(r)[0] for r in args.runs}
+    found = {space for space, _ in map(read_genotype, args.runs)}
     if len(found) > 1:
         raise utils.UserError(f'the runs are searches of different spaces ({", ".join(sorted(found))})')
     space = found.pop()

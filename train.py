@@ -520,9 +520,9 @@ def batch_stats(logits, y, loss):
 
 
 def summary(sums):
-    loss, top1, top5, n = sums
-    n = max(n, 1)
-    return {'loss': loss / n, 'acc': 100 * top1 / n, 'top5': 100 * top5 / n, 'images': int(sums[3])}
+    loss, top1, top5, images = sums
+    n = max(images, 1)
+    return {'loss': loss / n, 'acc': 100 * top1 / n, 'top5': 100 * top5 / n, 'images': int(images)}
 
 
 def train_epoch(model, net, data, optimizer, criterion, epoch, *, args, device, job, run, first=False):
@@ -611,7 +611,7 @@ def read_checkpoint(path, job, resumable=False):
     def read():
         state = utils.load_checkpoint(path)
         utils.require_kind(state, 'train', path)
-        if not isinstance(state.get('config'), dict) or 'model' not in state:
+        if not isinstance(state.get('config'), dict) or not isinstance(state.get('model'), dict):
             raise utils.UserError(f'{path} is not a checkpoint of train.py (no network configuration)')
         if resumable and not (isinstance(state.get('args'), dict) and
                               all(k in state for k in ('epoch', 'optimizer', 'scheduler', 'rng'))):
@@ -764,7 +764,8 @@ def eval_only(given, device, job):
     args = argparse.Namespace(**{**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **SPACE_DEFAULTS.get(space, {}),
                                  **given, 'space': space, 'dataset': dataset, 'data': data})
     check_args(args, job.world)
-    net = build_network(config)[1].to(device)
+    _, net = build_network(config)
+    net = net.to(device)
     load_weights(net, state['model'], given['eval_only'])
     if device.type == 'cuda' and args.channels_last:
         net = net.to(memory_format=torch.channels_last)

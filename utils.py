@@ -11,6 +11,7 @@ import math
 import os
 import pickle
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -139,6 +140,14 @@ def get_device(gpu=None, deterministic=False):
     return torch.device('cuda', gpu)
 
 
+def peak_memory_mib(device):
+    """Peak GPU memory allocated (since the last torch.cuda.reset_peak_memory_stats); on the CPU the
+    process's peak resident size."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # ru_maxrss is in KiB
+
+
 def set_deterministic():
     """Deterministic algorithms everywhere; an op without one raises instead of varying."""
     # cuBLAS reads this when it creates its first handle, so it must be set before any CUDA work.
@@ -247,8 +256,8 @@ def load_cifar10(root, device='cpu', download=False, train=True):
     if missing:
         expected = 'data_batch_1..5 and test_batch' if train else 'test_batch'
         raise UserError(f'CIFAR-10 not found: {missing[0]} is missing (expected {expected} in '
-                        f'{folder}); pass --download to fetch it, or point the data path at the '
-                        f'folder that holds {CIFAR_FOLDER}')
+                        f'{folder}){"" if download else " (search.py and train.py fetch it with --download)"}; '
+                        f'point the data path at the folder that holds {CIFAR_FOLDER}')
     test_x, test_y = _read_cifar_batch(folder / CIFAR_TEST_FILE)
     out = {'test_x': test_x.to(device), 'test_y': test_y.to(device)}
     if train:
@@ -420,6 +429,23 @@ def augment(x_uint8, generator=None, crop_pad=4, flip=True, cutout=0, mean=CIFAR
         hole = cutout_mask(n, h, w, cutout, generator=generator, device=dev)
         out = out.masked_fill(hole.unsqueeze(1), 0.0)
     return out
+
+
+def spearman(x, y):
+    """Spearman's rank correlation of two equally long sequences (ties in arbitrary order); NaN
+    below three values."""
+    if len(x) < 3:
+        return float('nan')
+    rx, ry = (torch.as_tensor(v, dtype=torch.float64).argsort().argsort().double() for v in (x, y))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-30))
+
+
+def shuffled_split(n, cut, seed):
+    """(first `cut` indices, the rest) of a seeded shuffle of range(n): two disjoint parts of a
+    training set that are the same on every machine."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:cut], order[cut:]
 
 
 class Batches:
@@ -790,15 +816,17 @@ def count_macs(model, input_shape):
 # ---------------------------------------------------------------------------------------------
 
 def read_metrics(metrics_path):
-    """The records of a metrics.jsonl file, without a torn last line."""
+    """The records (JSON objects) of a metrics.jsonl file; lines that are not one are skipped."""
     records = []
     with open(metrics_path) as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 # A run killed while writing leaves a torn last line; the rest is still good.
                 continue
+            if isinstance(record, dict):
+                records.append(record)
     return records
 
 

@@ -3,7 +3,10 @@ section measures something real and the JSON report is complete)."""
 import json
 import math
 
+import pytest
+
 import bench
+import utils
 
 
 def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
@@ -39,3 +42,11 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
     assert retrain['images_per_s'] > 0 and retrain['params_M'] > 0 and retrain['macs_M'] > 0
     assert p['proxyless_search_minutes'] > 0 and p['proxyless_retrain_300_epochs_hours'] > 0
     assert 'projected proxyless search' in printed
+
+
+def test_bad_flags_are_one_line(tmp_path):
+    with pytest.raises(utils.UserError, match='--quick runs on the CPU'):
+        bench.main(['--quick', '--gpu', '0', '--out', str(tmp_path / 'b.json')])
+    with pytest.raises(utils.UserError, match='--batch_sizes must be at least 2'):
+        bench.main(['--quick', '--batch_sizes', '8', '1', '--out', str(tmp_path / 'b.json')])
+    assert not (tmp_path / 'b.json').exists()

@@ -49,7 +49,7 @@ def randomise(seq, seed=0, keep=0.6):
 
 def switched(name, seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
-    return randomise(compress.build(name)[1].to(dtype), seed)
+    return randomise(compress.build(name).switched.to(dtype), seed)
 
 
 def outputs(net, x, train):
@@ -63,11 +63,11 @@ def outputs(net, x, train):
 # ----------------------------------------------------------------------------------------------------
 
 def test_switch_layers_of_each_model():
-    labels = {name: [r['label'] for r in prune.switch_layers(compress.build(name)[1])] for name in INPUT}
+    labels = {name: [r['label'] for r in prune.switch_layers(compress.build(name).switched)] for name in INPUT}
     assert labels['lenet300'] == ['in', 'fc1', 'fc2']
     assert labels['lenet5'] == ['conv1', 'conv2', 'flat', 'fc1']
     assert labels['vgg16'] == [f'conv{i}' for i in range(1, 14)] + ['fc1']
-    units = prune.layer_units(compress.build('lenet5')[1])
+    units = prune.layer_units(compress.build('lenet5').switched)
     assert prune.units_string(units, 1) == '20-50-800-500'
 
 
@@ -199,7 +199,7 @@ def test_prune_imports_nothing_of_the_project_but_hessian():
 
 def test_magnitude_prune_drops_the_smallest_groups():
     torch.manual_seed(0)
-    seq = compress.build('lenet5')[1]
+    seq = compress.build('lenet5').switched
     conv1 = seq[0]
     with torch.no_grad():
         conv1.weight.mul_(torch.arange(1, 21, dtype=torch.float32).view(20, 1, 1, 1))  # filter norm grows with index

@@ -41,3 +41,13 @@ def test_a_failing_step_is_reported_and_the_next_one_still_runs(small_cifar, tmp
     assert summary['search'] == dict(status='failed', error='RuntimeError: CUDA out of memory',
                                      wall_s=summary['search']['wall_s'])
     assert summary['train']['status'] == 'ok' and set(summary) == {'search', 'train'}
+
+
+def test_a_step_that_fails_on_user_input_says_so_in_one_line(small_cifar, tmp_path, monkeypatch, capsys):
+    def refused(argv):
+        raise utils.UserError('--batch_size must be at least 2')
+    monkeypatch.setattr(measure.search, 'main', refused)
+    with pytest.raises(utils.UserError, match='steps failed: search'):
+        measure.main(['--quick', '--data', str(small_cifar(24, 20)), '--out', str(tmp_path / 'm'), '--only', 'search'])
+    err = capsys.readouterr().err
+    assert 'search: --batch_size must be at least 2' in err and 'Traceback' not in err

@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 import derive
-import model_search
 import proxyless
 import search
 import spaces

@@ -40,12 +40,6 @@ def test_random_genotypes_match_op_counts_and_weights():
     assert [str(g) for g in score.random_genotypes(searched, args)] == [str(g) for g in found]   # seeded
 
 
-def test_split_is_disjoint_and_covers_the_training_set():
-    train, valid = score.split(100, 0.2, 0)
-    assert len(valid) == 20 and len(train) == 80
-    assert sorted(train.tolist() + valid.tolist()) == list(range(100))
-
-
 def test_score_trains_every_cell_and_concurrent_jobs_agree(small_cifar, tmp_path):
     data = small_cifar(40, 10)
     gfile = tmp_path / 'genotype.json'

@@ -72,3 +72,19 @@ def test_runs_of_different_spaces_are_refused(tmp_path):
     result = subprocess.run([sys.executable, 'stability.py', str(a), str(b)], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
     assert result.returncode == 2 and 'different spaces (darts, nb201)' in result.stderr
+
+
+def test_a_proxyless_run_and_foreign_gamma_rows_are_one_line(tmp_path):
+    proxyless_run = tmp_path / 'p'
+    proxyless_run.mkdir()
+    (proxyless_run / 'genotype.json').write_text(json.dumps(dict(name='PyramidTreeNet', blocks=[], classifier={})))
+    result = subprocess.run([sys.executable, 'stability.py', str(proxyless_run)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert 'is a proxyless search' in result.stderr
+    run = make_run(tmp_path / 'a', [('sep_conv_3x3', 0, 2)], [('max_pool_3x3', 0, 2)])
+    (run / 'gamma.json').write_text(json.dumps(dict(groups=[dict(op='sep_conv_3x3')])))    # no 'pruned'
+    result = subprocess.run([sys.executable, 'stability.py', str(run)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert 'not a gamma table of search.py' in result.stderr

@@ -1,5 +1,6 @@
 """Tests of utils.py: data loading, augmentation, batching, run directories, checkpoints, statistics."""
 import json
+import math
 import pickle
 import random
 import subprocess
@@ -721,3 +722,24 @@ def test_a_full_disk_is_one_line(tmp_path):
                       '--init_channels', '4')
     assert proc.returncode == 2
     assert proc.stderr == f'error: No space left on device: {run / "log.txt"}\n'
+
+
+def test_shuffled_split_is_disjoint_covers_the_set_and_is_seeded():
+    train, valid = utils.shuffled_split(100, 80, 0)
+    assert len(valid) == 20 and len(train) == 80
+    assert sorted(train.tolist() + valid.tolist()) == list(range(100))
+    assert utils.shuffled_split(100, 80, 0)[1].tolist() == valid.tolist()
+    assert utils.shuffled_split(100, 80, 1)[1].tolist() != valid.tolist()
+
+
+def test_spearman_is_the_rank_correlation():
+    assert utils.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert utils.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    assert utils.spearman(torch.tensor([1., 5., 2., 3.]), [1, 100, 2, 3]) == pytest.approx(1)   # ranks only
+    assert math.isnan(utils.spearman([1, 2], [2, 1]))
+
+
+def test_read_metrics_skips_a_torn_line_and_values_that_are_not_records(tmp_path):
+    path = tmp_path / 'metrics.jsonl'
+    path.write_text('{"step": 1}\n[1, 2]\n3\n{"step": 2}\n{"st')
+    assert utils.read_metrics(path) == [{'step': 1}, {'step': 2}]
