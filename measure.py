@@ -78,7 +78,7 @@ def build_parser():
 def main(argv=None):
     a = build_parser().parse_args(argv)
     if not ((Path(a.data) / 'cifar-10-batches-py').is_dir() or (Path(a.data) / 'data_batch_1').is_file()):
-        raise utils.UserError(f'--data {a.data} holds no cifar-10-batches-py folder (nor is one)')
+        raise utils.UserError(f'--data {a.data} holds no cifar-10-batches-py folder and is not one')
     out = Path(a.out or f'runs/measure-{time.strftime("%Y%m%d-%H%M%S")}')
     plan = steps(a, out)
     names = [name for name, _ in plan]
