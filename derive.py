@@ -572,7 +572,8 @@ def plot_cell(cell, concat, path, title, inputs=INPUTS):
 
 def plot_genotype(genotype, out_dir):
     """The space's cell pictures (DARTS: cell_normal.png and cell_reduce.png; NAS-Bench-201: cell.png;
-    proxyless: cell_sShK.png, the trees of each stage's first block) in out_dir; returns their Figures by cell type."""
+    proxyless: cell_sShK.png, the trees of each stage's first block) in out_dir; returns their
+    Figures by cell type."""
     space = spaces.space_of(genotype)
     figures = {}
     for file, cell_type, title in space.pictures:

@@ -78,7 +78,7 @@ def _summary(run, rows, kept):
                 gamma_vs_norm=utils.spearman([r['gamma_raw'] for r in live], [r['norm'] for r in live]),
                 gamma_vs_curvature=utils.spearman([r['gamma_raw'] for r in live], [r['curvature'] for r in live]),
                 relevance_vs_norm=utils.spearman([r['relevance'] for r in relevant],
-                                           [r.get('norm_at_update', r['norm']) for r in relevant]),
+                                                 [r.get('norm_at_update', r['norm']) for r in relevant]),
                 relevance_vs_curvature=utils.spearman([r['relevance'] for r in relevant], [r['curvature'] for r in relevant]))
 
 
