@@ -153,17 +153,21 @@ def cell_types(rows, space=DARTS):
 
 
 def cell_tables(rows, space=DARTS):
-    """{cell_type: {(src, dst): {'gamma': g, 'pruned': p, 'ops': {op: {'gamma': g, 'pruned': p}}}}}.
+    """{cell_type: {(src, dst): {'gamma': g, 'pruned': p, 'ops': {op: {'gamma': g, 'pruned': p}}}}}, each
+    entry with the row's 'relevance' too where the table records it.
 
     Untied searches have one row per cell for the same position: their gammas are averaged, and a
     position counts as pruned only when it is pruned in every cell."""
     collected = defaultdict(list)
     for index, row in enumerate(rows):
         row_key(index, row)
-        collected[_position(row, space)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned')))
+        relevance = row_number(row, 'relevance') if 'relevance' in row else None
+        collected[_position(row, space)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned'), relevance))
     tables = {t: {} for t in cell_types(rows, space)}
     for (cell_type, src, dst, op), values in collected.items():
-        entry = dict(gamma=sum(g for g, _ in values) / len(values), pruned=all(p for _, p in values))
+        entry = dict(gamma=sum(g for g, _, _ in values) / len(values), pruned=all(p for _, p, _ in values))
+        if all(r is not None for _, _, r in values):        # tables of search.py; bare prior tables have none
+            entry['relevance'] = sum(r for _, _, r in values) / len(values)
         edge = tables[cell_type].setdefault((src, dst), dict(gamma=math.inf, pruned=False, ops={}))
         if op is None:
             edge.update(entry)
@@ -179,41 +183,56 @@ def cell_tables(rows, space=DARTS):
 # Derivation rules
 # ----------------------------------------------------------------------------------------------------
 
-def _alive_ops(edge, space):
-    """The edge's unpruned operations with gamma > 0, strongest first."""
+SELECT = ('gamma', 'relevance')
+
+
+def _strength(v, select):
+    """How an op (or edge) ranks: by gamma (the paper) or by relevance, the other breaking ties.
+    Relevance, the loss (to second order) that removing the op would cost, is the op's own evidence:
+    gamma is capped at its edge's gamma by the HARD coupling, so the ops of a shrunken edge can share
+    one gamma, and their order would otherwise be that of the op list."""
+    relevance = v.get('relevance', 0.0)
+    return (v['gamma'], relevance) if select == 'gamma' else (relevance, v['gamma'])
+
+
+def _alive_ops(edge, space, select='gamma'):
+    """The edge's unpruned operations with gamma > 0 as (op, gamma), strongest first by `select`."""
     if edge['pruned']:
         return []
-    ops = [(op, v['gamma']) for op, v in edge['ops'].items() if not v['pruned'] and v['gamma'] > 0]
-    return sorted(ops, key=lambda o: (-o[1], space.candidates.index(o[0])))
+    ops = [(op, v) for op, v in edge['ops'].items() if not v['pruned'] and v['gamma'] > 0]
+    ops.sort(key=lambda o: _strength(o[1], select), reverse=True)
+    return [(op, v['gamma']) for op, v in ops]
 
 
-def _threshold_choice(candidates, threshold, space):
+def _threshold_choice(candidates, threshold, space, select):
     """Every (src, op) whose gamma and edge gamma clear the threshold; in a space of one op per edge,
     the strongest of them."""
     chosen = []
     for src, edge in candidates:
-        ops = [op for op, gamma in _alive_ops(edge, space) if gamma >= threshold] if edge['gamma'] >= threshold else []
+        ops = ([op for op, gamma in _alive_ops(edge, space, select) if gamma >= threshold]
+               if edge['gamma'] >= threshold else [])
         chosen += [(src, op) for op in ops[:1 if space.one_op_per_edge else None]]
     return chosen
 
 
-def _topk_choice(candidates, k, space):
-    """The strongest operation of each of the k strongest edges."""
-    strongest = [(ops[0][1], src, ops[0][0]) for src, edge in candidates for ops in [_alive_ops(edge, space)] if ops]
-    strongest.sort(key=lambda s: (-s[0], s[1]))
+def _topk_choice(candidates, k, space, select):
+    """The strongest operation of each of the k strongest edges (an edge as strong as its best op)."""
+    strongest = [(_strength(edge['ops'][ops[0][0]], select), src, ops[0][0])
+                 for src, edge in candidates for ops in [_alive_ops(edge, space, select)] if ops]
+    strongest.sort(key=lambda s: (tuple(-v for v in s[0]), s[1]))
     return [(src, op) for _, src, op in strongest[:k]]
 
 
-def derive_cell(edges, cell_type, threshold=None, topk=None, space=DARTS):
+def derive_cell(edges, cell_type, threshold=None, topk=None, space=DARTS, select='gamma'):
     """Kept (op, src, dst) edges and the concat of one cell, visiting nodes in order so that only
-    edges out of live nodes are considered, then keeping only what reaches the cell's output nodes.
-    UserError when no output node survives."""
+    edges out of live nodes are considered, then keeping only what reaches the cell's output nodes;
+    ops compete by `select` (_strength). UserError when no output node survives."""
     nodes = sorted({dst for _, dst in edges})
     live, kept = set(space.inputs), []
     for dst in nodes:
         candidates = [(src, edges[(src, d)]) for src, d in sorted(edges) if d == dst and src in live]
-        chosen = (_threshold_choice(candidates, threshold, space) if topk is None
-                  else _topk_choice(candidates, topk, space))
+        chosen = (_threshold_choice(candidates, threshold, space, select) if topk is None
+                  else _topk_choice(candidates, topk, space, select))
         if chosen:
             live.add(dst)
             kept += [(op, src, dst) for src, op in chosen]
@@ -261,11 +280,12 @@ def _check_rule(threshold, topk):
         raise utils.UserError(f'--topk must be at least 1, got {topk}')
 
 
-def derive_from_table(rows, threshold=None, topk=None, notes=None, space=DARTS, net=None):
+def derive_from_table(rows, threshold=None, topk=None, notes=None, space=DARTS, net=None, select='gamma'):
     """Genotype from gamma-table rows (gamma.json's "groups" or HardPrior.table()): exactly one of
     threshold (the BayesNAS rule) and topk (the DARTS-comparable rule). A list passed as notes
     receives one line per cell that --topk 2 could not write as DARTS pairs. net: the supernet's
-    size (gamma.json's "net"), which the proxyless space needs to write its network."""
+    size (gamma.json's "net"), which the proxyless space needs to write its network. select: what ops
+    compete by (_strength)."""
     _check_rule(threshold, topk)
     if topk is not None and space.one_op_per_edge:
         raise utils.UserError(f'--topk does not apply to the {space.name} space, whose nodes read every '
@@ -273,7 +293,7 @@ def derive_from_table(rows, threshold=None, topk=None, notes=None, space=DARTS, 
     tables = cell_tables(rows, space)
     cells = {}
     for cell_type in tables:
-        kept, concat = derive_cell(tables[cell_type], cell_type, threshold, topk, space)
+        kept, concat = derive_cell(tables[cell_type], cell_type, threshold, topk, space, select)
         nodes = sorted({dst for _, dst in tables[cell_type]})
         pairs = _as_pairs(kept, nodes) if topk == 2 else None
         if topk == 2 and pairs is None and notes is not None:
@@ -335,9 +355,15 @@ def rows_at(doc, threshold):
     return [_revived(index, row, last, own) for index, row in enumerate(doc['groups'])]
 
 
-def derive(doc, threshold=None, topk=None, notes=None):
+def search_select(doc):
+    """The rule a search's ops competed by (tables written before --select: gamma)."""
+    return _doc_field(doc, 'select', lambda v: v in SELECT, f'one of {", ".join(SELECT)}') or 'gamma'
+
+
+def derive(doc, threshold=None, topk=None, notes=None, select=None):
     """Genotype from a gamma.json document; threshold defaults to the search's own, and one below it
-    revives the groups pruned in the last iteration (rows_at). notes: as for derive_from_table."""
+    revives the groups pruned in the last iteration (rows_at); select defaults to the search's own.
+    notes: as for derive_from_table."""
     if topk is None and threshold is None:
         threshold = _search_threshold(doc)
         if threshold is None:
@@ -346,7 +372,7 @@ def derive(doc, threshold=None, topk=None, notes=None):
     try:
         rows = doc['groups'] if topk is not None else rows_at(doc, threshold)
         return derive_from_table(rows, threshold=threshold, topk=topk, notes=notes, space=space_of(doc),
-                                 net=doc.get('net'))
+                                 net=doc.get('net'), select=select or search_select(doc))
     except ValueError as e:
         raise utils.UserError(str(e)) from e
 
@@ -734,6 +760,8 @@ def build_parser():
                       help="keep ops whose effective gamma >= T (default: the search's threshold)")
     rule.add_argument('--topk', type=int, default=None,
                       help='keep the K strongest incoming edges per node, strongest op per edge')
+    parser.add_argument('--select', choices=SELECT, default=None, help="what an edge's ops compete by: "
+                        "gamma or relevance, the other breaking ties (default: the search's own)")
     parser.add_argument('--out', default=None, help='output directory (default: RUN_DIR)')
     parser.add_argument('--benchmark', metavar='FILE', default=None,
                         help='NAS-Bench-201 searches: print the accuracies of the derived cell in FILE, a CSV '
@@ -742,14 +770,15 @@ def build_parser():
     return parser
 
 
-def default_out(run_dir, doc, threshold, topk):
+def default_out(run_dir, doc, threshold, topk, select=None):
     """Where a derivation goes without --out: the search's own rule rewrites the run's own files, any
     other rule gets a folder of its own, so that it never overwrites the search's genotype."""
+    other = f'-{select}' if select is not None and select != search_select(doc) else ''
     if topk is not None:
-        return Path(run_dir) / f'derived-topk-{topk:g}'
+        return Path(run_dir) / f'derived-topk-{topk:g}{other}'
     if threshold is not None and threshold != doc.get('threshold'):
-        return Path(run_dir) / f'derived-threshold-{threshold:g}'
-    return Path(run_dir)
+        return Path(run_dir) / f'derived-threshold-{threshold:g}{other}'
+    return Path(run_dir) / f'derived-{select}' if other else Path(run_dir)
 
 
 def check_benchmark(path, space):
@@ -768,10 +797,11 @@ def main(argv=None):
     space = space_of(doc)
     check_benchmark(args.benchmark, space)
     notes = []
-    genotype = derive(doc, threshold=args.threshold, topk=args.topk, notes=notes)
+    genotype = derive(doc, threshold=args.threshold, topk=args.topk, notes=notes, select=args.select)
     rule_text = (f'topk {args.topk}' if args.topk is not None
                  else f'threshold {args.threshold if args.threshold is not None else doc["threshold"]:g}')
-    out_dir = output_dir(args.out or default_out(args.run_dir, doc, args.threshold, args.topk))
+    rule_text += f', ops by {args.select or search_select(doc)}'
+    out_dir = output_dir(args.out or default_out(args.run_dir, doc, args.threshold, args.topk, args.select))
     literal = write_genotype(genotype, out_dir, f'derived from {args.run_dir} by {rule_text}')
     plot_genotype(genotype, out_dir)
     # The literal first, then comment lines: the whole of stdout still pastes into genotypes.py.

@@ -26,6 +26,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import genotypes
 import hessian
@@ -65,6 +66,8 @@ class Edge(nn.Module):
     def __init__(self, names, src, dst, C, stride, switches):
         super().__init__()
         self.src, self.dst, self.names = src, dst, list(names)
+        # Weight of the auxiliary identity (supernet, stride 1): set by SwitchNetwork.set_aux_skip.
+        self.aux_skip, self.stride = 0.0, stride
         ops = []
         for name in self.names:
             # Search ops have no BN affine parameters (they would fight the switches over the scale).
@@ -88,10 +91,17 @@ class Edge(nn.Module):
         """The masks of the edge switch and of each op switch, in that order (supernet only)."""
         return [self.switch.mask] + [sw.mask for sw in self.op_switches]
 
-    def forward(self, x, live, drop_prob=0.):
-        """Sum of the ops with indices in `live` (a non-empty list) applied to x."""
+    def forward(self, x, live, drop_prob=0., scale=1.):
+        """Sum of the ops with indices in `live` (a non-empty list) applied to x; the supernet's sum
+        is multiplied by scale (op dropout's correction)."""
         if self.switch is not None:
-            return self.switch(_sum([self.op_switches[k](self.ops[k](x)) for k in live]))
+            mixed = _sum([self.op_switches[k](self.ops[k](x)) for k in live])
+            out = self.switch(mixed * scale if scale != 1 else mixed)
+            if self.aux_skip and self.stride == 1:
+                # Outside every switch and normalised like the candidates: the path the supernet
+                # needs through its depth, so that no candidate is kept for providing it.
+                out = out + self.aux_skip * F.batch_norm(x, None, None, training=True)
+            return out
         outs = []
         for k in live:
             y = self.ops[k](x)
@@ -124,6 +134,7 @@ class Cell(nn.Module):
             Edge(names, src, dst, C, 2 if reduction and src < self.n_inputs else 1, switches)
             for (src, dst), names in ops_of.items())
         self._live = None       # (Switch.mask_version, live ops per edge) of the supernet
+        self.op_dropout = 0.    # set by SwitchNetwork.set_op_dropout
 
     def _live_ops(self):
         """For each edge, the indices of the ops to compute (empty: skip the edge)."""
@@ -133,6 +144,23 @@ class Cell(nn.Module):
         if self._live is None or self._live[0] != hessian.Switch.mask_version:
             self._live = (hessian.Switch.mask_version, self._read_live_ops())
         return self._live[1]
+
+    def _sampled(self, live):
+        """The supernet in training with op dropout (SwitchNetwork.set_op_dropout): each live op of an
+        edge drops out with probability op_dropout, at least one stays, and the survivors are scaled
+        by live / kept so that the edge's output keeps its size."""
+        p = self.op_dropout
+        if not (self.switches and self.training and p > 0):
+            return [(ops, 1.) for ops in live]
+        keep = (torch.rand(sum(len(ops) for ops in live)) >= p).tolist()
+        out, i = [], 0
+        for ops in live:
+            kept = [k for k, on in zip(ops, keep[i:i + len(ops)]) if on]
+            if ops and not kept:
+                kept = [ops[int(torch.randint(len(ops), ()))]]
+            out.append((kept, len(ops) / max(len(kept), 1)))
+            i += len(ops)
+        return out
 
     def _read_live_ops(self):
         # One device-to-host copy for the whole cell instead of one per switch.
@@ -146,7 +174,7 @@ class Cell(nn.Module):
 
     def forward(self, *inputs, drop_prob=0.):
         states = {}
-        for edge, live in zip(self.edges, self._live_ops()):
+        for edge, (live, scale) in zip(self.edges, self._sampled(self._live_ops())):
             if not live:
                 continue
             if edge.src not in states:
@@ -156,7 +184,7 @@ class Cell(nn.Module):
                     continue
                 else:                               # as the benchmark's cells do, ops read its zeros
                     states[edge.src] = self._zeros(inputs[-1])
-            y = edge(states[edge.src], live, drop_prob)
+            y = edge(states[edge.src], live, drop_prob, scale)
             states[edge.dst] = states[edge.dst] + y if edge.dst in states else y
         out = [states[j] if j in states else self._zeros(inputs[-1]) for j in self.concat]
         if len(out) == 1:
@@ -262,6 +290,17 @@ class SwitchNetwork(nn.Module):
         parent, inflow = self.couplings()
         lam = {key: lam_child if key in parent else lam_origin for key in group_of.values()}
         return hessian.HardPrior(self, lam=lam.__getitem__, group_of=group_of.get, parent=parent, inflow=inflow)
+
+    def set_aux_skip(self, beta):
+        """Weight every stride-1 edge's auxiliary identity by beta (0: none; search.py --aux_skip)."""
+        for cell in self.cells:
+            for edge in cell.edges:
+                edge.aux_skip = beta
+
+    def set_op_dropout(self, p):
+        """Drop each live op of each edge with probability p in training (0: none; search.py --op_dropout)."""
+        for cell in self.cells:
+            cell.op_dropout = p
 
     def switch_parameters(self):
         return hessian.switch_parameters(self)

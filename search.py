@@ -135,6 +135,16 @@ def build_parser():
                    '(default: one pass over the switch-training part, as the paper). The steps run through '
                    'consecutive passes, so on a small data set a larger value gives the switch phase the '
                    'length of a full search, and with --iterations T a smaller one cuts the epoch into rounds')
+    p.add_argument('--select', choices=derive.SELECT, default='gamma', help="what an edge's surviving ops "
+                   "compete by in the derivation: 'gamma' (the paper) or 'relevance' (the loss the op is "
+                   'worth, which the coupling to its edge does not cap); the other breaks ties (default: gamma)')
+    p.add_argument('--aux_skip', type=float, default=0.0, help='weight of an auxiliary identity on every '
+                   'stride-1 supernet edge, outside the switches and never a candidate: constant in the '
+                   'warm-up, decayed linearly to 0 over each switch phase, so that the update sees the '
+                   'supernet without it (0: none, as the paper)')
+    p.add_argument('--op_dropout', type=float, default=0.0, help='in training, drop each op of each edge '
+                   'with this probability per step (at least one stays; the rest scaled up), so that each '
+                   'op must work without the others (0: none, as the paper)')
     p.add_argument('--threshold', type=float, default=0.0, help='also prune switch groups whose effective '
                    'gamma falls below this (default 0: a group goes when its gamma is 0, which the evidence '
                    'update decides)')
@@ -192,6 +202,8 @@ def check_args(a):
         (a.iterations >= 1, f'--iterations must be at least 1, got {a.iterations}'),
         (a.switch_steps is None or a.switch_steps >= 1, f'--switch_steps must be at least 1, got {a.switch_steps}'),
         (a.threshold >= 0, f'--threshold must be >= 0, got {a.threshold}'),
+        (a.aux_skip >= 0, f'--aux_skip must be >= 0, got {a.aux_skip}'),
+        (0 <= a.op_dropout < 1, f'--op_dropout must be in [0, 1), got {a.op_dropout}'),
         (a.report_freq >= 1, f'--report_freq must be at least 1, got {a.report_freq}'),
         (a.checkpoint_freq >= 0, f'--checkpoint_freq must be >= 0, got {a.checkpoint_freq}'),
     ]
@@ -360,9 +372,11 @@ class Search:
         n, start, tic = self.steps_in[kind], self.step, time.time()
         # The batches of a pass are a fixed function of (seed, epoch): a resumed phase regenerates
         # the ones it had done and skips them, so it continues with exactly the same data.
+        self.model.set_op_dropout(args.op_dropout)
         for i, (x, y) in enumerate(passes(batches, epoch * n, n)):
             if i < start:
                 continue
+            self.model.set_aux_skip(args.aux_skip * (1 - i / n if search else 1))
             self.train_step(x, y, search)
             if args.compile and i == start:
                 if self.cuda:
@@ -413,6 +427,7 @@ class Search:
         args = self.args
         tic = time.time()
         curvature_batches.set_epoch(iteration)
+        self.model.set_aux_skip(0.)
         curv = self.curvature(curvature_batches)
         if self.cuda:
             torch.cuda.synchronize(self.device)
@@ -518,8 +533,8 @@ def write_gamma(search, iteration):
     for row in rows:
         row.update(relevance=search.relevance[row['key']], norm_at_update=search.norm_at_update[row['key']])
     doc = dict(space=args.space, threshold=args.threshold, lambda_origin=lam_origin, lambda_child=lam_child,
-               hessian=args.hessian, update=args.update, iteration=iteration + 1, tied=args.tie, net=net_of(args),
-               groups=rows)
+               hessian=args.hessian, update=args.update, select=args.select, iteration=iteration + 1, tied=args.tie,
+               net=net_of(args), groups=rows)
     if iteration + 1 == args.iterations:
         for line in rescue_empty_cells(doc):
             search.run.log(line)
@@ -539,7 +554,8 @@ def rescue_empty_cells(doc):
     said, tables = [], derive.cell_tables(doc['groups'], space)
     for cell_type in tables:
         try:
-            derive.derive_cell(tables[cell_type], cell_type, threshold=doc['threshold'], space=space)
+            derive.derive_cell(tables[cell_type], cell_type, threshold=doc['threshold'], space=space,
+                               select=doc['select'])
             continue
         except utils.UserError:
             pass

@@ -369,3 +369,139 @@ def test_a_missing_benchmark_file_stops_the_search_before_it_starts(small_cifar,
         search.main(['--data', str(small_cifar(24, 20)), '--save', str(save), '--benchmark',
                      str(tmp_path / 'missing.csv')] + TINY)
     assert not save.exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Against the supernet's lean on the identity: selection by relevance, auxiliary identity, op dropout
+# ----------------------------------------------------------------------------------------------------
+
+def relevant_rows(gammas, relevances):
+    """rows() with a relevance on every op row: relevances {(src, dst, op): r}, 0 elsewhere."""
+    out = rows(gammas)
+    for row in out:
+        parts = row['key'].split('/')
+        if len(parts) == 3:
+            src, dst = map(int, parts[1].split('->'))
+            row['relevance'] = relevances.get((src, dst, parts[2]), 0.0)
+    return out
+
+
+@pytest.mark.parametrize('stronger', ['skip_connect', 'avg_pool_3x3'])
+def test_a_tie_in_gamma_goes_to_the_more_relevant_op_not_to_the_first_in_the_list(stronger):
+    # Every op of every edge capped at the same gamma (the coupling to a shrunken edge); the op with
+    # the larger relevance wins whether it comes first (skip_connect) or last (avg_pool_3x3) in the list.
+    g = {(s, d, op): 0.002 for d in range(1, 4) for s in range(d) for op in genotypes.NB201_CANDIDATES}
+    r = {(s, d, op): 5.0 for s, d, op in g}
+    r.update({(s, d, stronger): 9.0 for d in range(1, 4) for s in range(d)})
+    assert derive.derive_from_table(relevant_rows(g, r), threshold=0, space=NB) == arch([stronger] * 6)
+
+
+def test_select_relevance_ranks_an_edges_ops_by_their_own_evidence():
+    g = {(s, d, op): 0.5 for d in range(1, 4) for s in range(d) for op in ('skip_connect', 'nor_conv_3x3')}
+    g.update({(s, d, 'skip_connect'): 0.9 for d in range(1, 4) for s in range(d)})
+    r = {(s, d, 'nor_conv_3x3'): 20.0 for d in range(1, 4) for s in range(d)}
+    r.update({(s, d, 'skip_connect'): 10.0 for d in range(1, 4) for s in range(d)})
+    rows_ = relevant_rows(g, r)
+    assert derive.derive_from_table(rows_, threshold=0, space=NB) == arch(['skip_connect'] * 6)
+    assert derive.derive_from_table(rows_, threshold=0, space=NB, select='relevance') == arch(['nor_conv_3x3'] * 6)
+    doc = dict(space='nb201', threshold=0.0, iteration=1, groups=rows_)
+    assert derive.derive(doc) == arch(['skip_connect'] * 6)                   # a table without 'select'
+    assert derive.derive(dict(doc, select='relevance')) == arch(['nor_conv_3x3'] * 6)
+    assert derive.derive(dict(doc, select='relevance'), select='gamma') == arch(['skip_connect'] * 6)
+
+
+def supernet(**kw):
+    torch.manual_seed(0)
+    net = NB201Search(C=4, N=1, **kw)
+    return net
+
+
+def test_the_auxiliary_identity_adds_a_normalised_input_on_every_stride_1_edge_outside_the_switches():
+    net = supernet().train()
+    x = torch.randn(4, 3, 8, 8)
+    base = net(x)
+    net.set_aux_skip(0.5)
+    assert not torch.allclose(net(x), base)
+    cell = net.cells[0]
+    edge = cell.edges[0]                                  # 0 -> 1, all ops live
+    h = torch.randn(4, 4, 8, 8)
+    with torch.no_grad():
+        for sw in [edge.switch] + list(edge.op_switches):
+            sw.s.fill_(0.)                                 # every switch at 0: only the identity is left
+        normalised = (h - h.mean((0, 2, 3), keepdim=True)) / (h.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+        assert torch.allclose(edge(h, list(range(len(edge.ops)))), 0.5 * normalised, atol=1e-5)
+        net.set_aux_skip(0.)
+        assert torch.equal(edge(h, list(range(len(edge.ops)))), torch.zeros_like(h))
+
+
+def test_op_dropout_computes_only_the_kept_ops_and_scales_them_back():
+    net = supernet()
+    net.set_op_dropout(0.5)
+    calls = []
+    for cell in net.cells:
+        for edge in cell.edges:
+            for k, op in enumerate(edge.ops):
+                op.register_forward_hook(lambda m, i, o, key=(id(edge), k): calls.append(key))
+    x = torch.randn(4, 3, 8, 8)
+    per_edge = 6 * len(net.cells) * len(genotypes.NB201_CANDIDATES)
+    net.eval()
+    net(x)
+    assert len(calls) == per_edge                        # evaluation: every op
+    calls.clear()
+    net.train()
+    torch.manual_seed(1)
+    counts = []
+    for _ in range(20):
+        net(x)
+        counts.append(len(calls))
+        calls.clear()
+    assert 6 * len(net.cells) <= min(counts) and max(counts) < per_edge     # at least one op per edge
+    assert abs(sum(counts) / len(counts) / per_edge - 0.5) < 0.15
+    sampled = net.cells[0]._sampled([[0, 1, 2, 3]])
+    assert sampled[0][1] == 4 / len(sampled[0][0])
+    net.set_op_dropout(0.)
+    assert net.cells[0]._sampled([[0, 1, 2, 3]]) == [([0, 1, 2, 3], 1.)]
+
+
+def test_the_auxiliary_identity_decays_over_the_switch_phase_and_is_gone_at_the_update(small_cifar, tmp_path,
+                                                                                      monkeypatch):
+    seen, step = [], search.Search.train_step
+
+    def record(self, x, y, phase):
+        seen.append((phase, self.model.cells[0].edges[0].aux_skip))
+        step(self, x, y, phase)
+
+    curvatures = []
+    curvature = search.Search.curvature
+
+    def at_update(self, batches):
+        curvatures.append(self.model.cells[0].edges[0].aux_skip)
+        return curvature(self, batches)
+
+    monkeypatch.setattr(search.Search, 'train_step', record)
+    monkeypatch.setattr(search.Search, 'curvature', at_update)
+    search.main(['--data', str(small_cifar(24, 20)), '--save', str(tmp_path / 'run'), '--aux_skip', '0.8',
+                 '--switch_steps', '4'] + TINY)
+    warm = [b for phase, b in seen if not phase]
+    assert warm and all(b == 0.8 for b in warm)
+    assert [b for phase, b in seen if phase] == pytest.approx([0.8, 0.6, 0.4, 0.2])
+    assert curvatures == [0.0]
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--aux_skip', '-1'], '--aux_skip must be >= 0'),
+    (['--op_dropout', '1'], r'--op_dropout must be in \[0, 1\)'),
+    (['--select', 'norm'], "invalid choice: 'norm'"),
+])
+def test_bad_collapse_flags_are_user_errors(small_cifar, tmp_path, argv, message):
+    with pytest.raises(utils.UserError, match=message):
+        search.main(['--data', str(small_cifar(24, 20)), '--save', str(tmp_path / 'run')] + TINY + argv)
+
+
+def test_a_search_records_its_selection_rule_and_derives_by_it(small_cifar, tmp_path):
+    data = small_cifar(24, 20)
+    result = search.main(['--data', str(data), '--save', str(tmp_path / 'run'), '--select', 'relevance',
+                          '--op_dropout', '0.3'] + TINY)
+    doc = json.loads((tmp_path / 'run' / 'gamma.json').read_text())
+    assert doc['select'] == 'relevance'
+    assert derive.derive(doc) == result['genotype'] == derive.derive(doc, select='relevance')
