@@ -66,6 +66,7 @@ import torch.nn.functional as F
 import derive
 import model_search
 import spaces
+import tabular
 import utils
 from hessian import METHODS, RULES, ProxAdam, switch_curvature
 
@@ -82,6 +83,9 @@ RUN_FLAGS = ('data', 'download', 'gpu', 'report_freq', 'checkpoint_freq', 'save'
 def build_parser():
     p = utils.Parser('search.py', description='BayesNAS search of a CIFAR-10 cell (see the module '
                                               'docstring).')
+    p.add_argument('--method', choices=('bayesnas',) + tabular.METHODS, default='bayesnas',
+                   help='bayesnas (default), or a sample-based method on a benchmark table (tabular.py, '
+                        'whose flags it then takes: --oracle FILE, --queries N, ...)')
     p.add_argument('--space', choices=spaces.NAMES, default='darts', help="search space: DARTS's cells "
                    "(default), NAS-Bench-201's, or the proxyless space's tree cells in the retrained "
                    'PyramidNet itself (spaces.py)')
@@ -626,7 +630,26 @@ def resume(search, state, run):
     run.log(f'resumed in {search.position()}')
 
 
+def sample_based(argv):
+    """Whether the command asks for a sample-based method (tabular.py runs it): by --method, or for
+    --resume by the run directory's own method."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--method')
+    pre.add_argument('--save')
+    pre.add_argument('--resume', action='store_true')
+    known, _ = pre.parse_known_args(argv)
+    method = known.method
+    if method is None and known.resume and known.save:
+        try:
+            method = json.loads((Path(known.save) / 'args.json').read_text()).get('method')
+        except (OSError, ValueError, AttributeError):
+            method = None
+    return method in tabular.METHODS
+
+
 def main(argv=None):
+    if sample_based(argv):
+        return tabular.main(argv)
     args, state = configure(argv)
     device = utils.get_device(args.gpu, args.deterministic)
     data = make_data(args, device)          # before the run directory: bad data leaves nothing behind

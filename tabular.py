@@ -253,7 +253,8 @@ def check_args(args, given, space_size):
                if d in given and d not in METHOD_FLAGS[args.method]]
     own = ', '.join(f'--{d}' for d in METHOD_FLAGS[args.method]) or 'none'
     utils.check([
-        (args.oracle is not None, '--oracle FILE is needed: the benchmark table the search queries'),
+        (args.oracle is not None, f'--oracle FILE is needed: the benchmark table the search queries (tabular '
+                                  f'mode is the only mode of --method {args.method} so far)'),
         (not foreign, f'--{foreign[0] if foreign else ""} is not a flag of --method {args.method} '
                       f'(its own flags: {own})'),
         (1 <= args.queries <= space_size, f'--queries must be between 1 and the {space_size} cells of the '

@@ -383,3 +383,19 @@ def test_compare_refuses_bad_flags_in_one_line(table, tmp_path, capsys):
     assert '--budgets must lie' in fails_in_one_line(base + ['--queries', '10', '--budgets', '20'], capsys, compare.main)
     assert '--k is a flag of none' in fails_in_one_line(base + ['--methods', 'rea', '--k', '2'], capsys, compare.main)
     assert '--tournament must be' in fails_in_one_line(base + ['--tournament', '50'], capsys, compare.main)
+
+
+# ----------------------------------------------------------------------------------------------------
+# search.py --method: the harness hands sample-based methods to tabular.py
+# ----------------------------------------------------------------------------------------------------
+
+def test_search_py_runs_a_sample_based_method_and_resumes_it_by_its_run_directory(table, tmp_path, capsys):
+    import search
+    save = tmp_path / 'run'
+    out = search.main(['--method', 'random_search', '--oracle', str(table), '--queries', '6', '--save', str(save)])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == out['best']
+    assert len(history_of(save)) == 6
+    # --resume without --method finds the method in the run directory (a finished run ends again).
+    assert search.main(['--save', str(save), '--resume'])['best'] == out['best']
+    err = fails_in_one_line(['--method', 'rea', '--queries', '5'], capsys, entry=search.main)
+    assert '--oracle FILE is needed' in err and 'tabular mode is the only mode of --method rea' in err
