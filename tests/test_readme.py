@@ -29,10 +29,8 @@ def commands(text):
     for block in bash_blocks(text):
         for line in block.replace('\\\n', ' ').splitlines():
             words = shlex.split(line, comments=True)
-            while words and (re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*=\S*', words[0]) or words[0] in ('time', 'env')):
-                words = words[1:]
-            if words[:1] == ['nice']:
-                words = words[3:] if words[1:2] == ['-n'] else words[1:]
+            while words and (re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*=\S*', words[0]) or words[0] in ('time', 'env', 'nice')):
+                words = words[3:] if words[:2] == ['nice', '-n'] else words[1:]
             if words:
                 out.append(words)
     return out
