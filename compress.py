@@ -19,7 +19,7 @@ optionally the flattened inputs of the first linear layer) gets a switch (prune.
      and fine-tuned for as many epochs as BayesNAS trained after the dense phase.
 The test set is only measured, never used for a decision; --resume continues to the same result.
 
-Why so (README, "Compression (compress.py)", has the measurements):
+Why so (docs/results.md, "Compression (compress.py)", has the measurements):
   * The prior starts at gamma = omega = 1: the dense network fits its training images almost
     perfectly, so its curvature, and the penalty a first pass would give, are too small to prune.
   * SGD for the weights, cosine decay except while the switches train; proximal Adam without weight

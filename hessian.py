@@ -21,7 +21,7 @@ Self-contained (imports only torch): copy it into any PyTorch CNN.
                        off-diagonal terms. Run as one backward pass through the network's "squared
                        twin" (see the section below), at about the cost of a training step. Behind a
                        global average pool it drops the cross terms between positions, so on networks
-                       that pool it is far below 'ggn' in scale (README, "Design notes").
+                       that pool it is far below 'ggn' in scale (docs/design.md, "Design notes").
 
     update_group(w, h, gamma, lam) -> (gamma_new, omega, cov)
         The Laplace / re-weighting update of one group (members w, curvatures h).

@@ -1,7 +1,7 @@
 """The whole device measurement in one command: the benchmarks first, then short searches and short
 retrainings, each printed as it goes, everything under one folder.
 
-    python measure.py --data DATA --gpu 0                # the GPU figures of README's Performance
+    python measure.py --data DATA --gpu 0                # the GPU figures of docs/results.md's Performance
     python measure.py --data DATA --quick                # the same steps at toy sizes on the CPU
 
 Steps, in order (a step that fails is reported and the next one still runs):

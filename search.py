@@ -27,7 +27,8 @@ The weights train with SGD, momentum 0.9, a fixed learning rate 0.1 and weight d
 paper. The prior starts at gamma = omega = 1. The two parts of the training set are disjoint and the
 test set is never read.
 
-Where it departs from the paper's code, and why (README, "Design notes", has the measurements):
+Where it departs from the paper's code, and why (docs/design.md, "Design notes"; docs/results.md has
+the measurements):
   * The update (--update evidence, the default). Each group's gamma is the one that maximises the
     Laplace evidence: with the loss near the trained switches taken as a Gaussian of precision h/lambda,
     a one-switch group keeps gamma = w^2 - lambda/h when h w^2 > lambda and is pruned otherwise. So
@@ -113,7 +114,7 @@ def build_parser():
     p.add_argument('--cutout_length', type=int, default=16, help='cutout square side (16)')
     p.add_argument('--lambda', dest='lam', type=float, default=None, help='temperature lambda of all '
                    'switches, a loss scale: larger is sparser (default: darts 0.01, nb201 and proxyless '
-                   '0.005; see README)')
+                   '0.005; see docs/results.md)')
     p.add_argument('--lambda_origin', type=float, default=None, help='lambda of the edge (parent) '
                    'switches (default: --lambda)')
     p.add_argument('--lambda_child', type=float, default=None, help='lambda of the op (child) switches '
@@ -156,7 +157,8 @@ def build_parser():
     p.add_argument('--gpu', type=int, default=None, help='CUDA device index (default: cuda:0 if present, '
                    'else the CPU)')
     p.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
-                   help='bf16 autocast of the training steps on CUDA (default: off; README, Performance)')
+                   help='bf16 autocast of the training steps on CUDA (default: off; docs/results.md, '
+                        'Performance)')
     p.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels-last memory format on CUDA (default: on; never on a CPU, where PyTorch 2.14 '
                         'corrupts memory in the backward pass of some of its convolutions)')

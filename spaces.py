@@ -35,8 +35,8 @@ class Space(NamedTuple):
     layers: int                     # default --layers of the search
     layers_means: str               # what --layers counts
     batch_size: int                 # default --batch_size of the search
-    lam: float                      # default --lambda of the search (README: how it was chosen)
-    switch_lr: float                # default --switch_lr of the search (README: how it was chosen)
+    lam: float                      # default --lambda of the search (docs/results.md: how it was chosen)
+    switch_lr: float                # default --switch_lr of the search (docs/results.md: how it was chosen)
     supernet: Callable              # net (dict: C, layers, alpha, classes, tie) -> model_search.SwitchNetwork
     genotype: Callable              # ({cell_type: (kept (op, from, to), concat)}, net) -> the space's genotype
     pictures: tuple                 # the cell pictures derive.py draws: (file, cell_type, title)
@@ -169,7 +169,7 @@ SPACES = {
         describe=lambda arch: arch, text=genotypes.json_text,
         named=_nb201_named, read=_read_cell('nb201'), stored=lambda g, args, classes: dict(_sized(args), arch=g),
         network=_nb201_network),
-    # The paper's proxyless settings: batch 32, lr 0.1. lambda: nb201's, not calibrated here (README).
+    # The paper's proxyless settings: batch 32, lr 0.1. lambda: nb201's, not calibrated here (docs/results.md).
     'proxyless': Space(
         name='proxyless', candidates=proxyless.CANDIDATES, inputs=(0,), outputs=tuple(proxyless.LEAVES),
         cell_types=None, tie=False, one_op_per_edge=True, may_be_empty=True,

@@ -25,7 +25,7 @@ knob is a flag (DARTS's names).
 
 Speed on CUDA. bf16 autocast (--amp) is on for ImageNet but off for CIFAR-10, where a step at batch 96
 is paced by kernel launches rather than arithmetic and the casts cost more than they save; channels-last
-is on (README, Performance, has the measurements).
+is on (docs/results.md, Performance, has the measurements).
 
 Data. CIFAR-10 sits on the device as uint8; crop, flip and cutout are applied batch-wise there
 (utils.Batches), with order and augmentation a function of (seed, epoch): that is what makes --resume
