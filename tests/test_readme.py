@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / 'README.md'
 USAGE = ROOT / 'docs' / 'usage.md'
 CI = ROOT / '.ci' / 'run'
-SCRIPTS = ('search', 'derive', 'train', 'score', 'stability', 'compress', 'bench', 'measure')
+SCRIPTS = ('search', 'derive', 'train', 'score', 'stability', 'compress', 'bench', 'measure', 'compare')
 MAX_LINES = 260
 
 
@@ -96,6 +96,8 @@ def check_command(words, tmp_path, monkeypatch):
     name, args = script_call(words)
     if name not in SCRIPTS:
         raise utils.UserError(f'{name}.py is not one of the project\'s scripts')
+    if name == 'search' and importlib.import_module('search').sample_based(args):
+        name = 'tabular'                # search.py hands sample-based methods to tabular.py
     module, parser = parser_of(name, monkeypatch)
     args = substitute(args, placeholders(tmp_path))
     parsed = parser.parse_args(args)
