@@ -505,3 +505,18 @@ def test_a_search_records_its_selection_rule_and_derives_by_it(small_cifar, tmp_
     doc = json.loads((tmp_path / 'run' / 'gamma.json').read_text())
     assert doc['select'] == 'relevance'
     assert derive.derive(doc) == result['genotype'] == derive.derive(doc, select='relevance')
+
+
+def test_paper_restores_the_published_choices_and_flags_beside_it_win():
+    def defaults(*argv):
+        return vars(search.space_defaults(search.build_parser().parse_args(list(argv))))
+
+    keys = ('update', 'hessian', 'aux_skip', 'op_dropout', 'select')
+    assert {k: defaults('--space', 'nb201')[k] for k in keys} == dict(
+        update='evidence', hessian='fisher', aux_skip=0.0, op_dropout=0.0, select='gamma')
+    assert {k: defaults()[k] for k in keys} == dict(
+        update='evidence', hessian='fisher', aux_skip=0.0, op_dropout=0.0, select='gamma')
+    for space in ('nb201', 'darts'):
+        assert {k: defaults('--space', space, '--paper')[k] for k in keys} == search.PAPER == dict(
+            update='reweight', hessian='recursive', aux_skip=0.0, op_dropout=0.0, select='gamma')
+    assert defaults('--space', 'nb201', '--paper', '--select', 'relevance')['select'] == 'relevance'
