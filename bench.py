@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import bayesnas
 import derive
 import genotypes
 import proxyless
@@ -112,7 +113,7 @@ def variants(device, compile_too):
 
 def search_step_rate(s, device, x, y, cfg):
     s.model.train()
-    return timed(lambda: s.train_step(x, y, True), device, cfg['warmup'], cfg['repeats'])
+    return timed(lambda: s.train_step(x, y, 'search'), device, cfg['warmup'], cfg['repeats'])
 
 
 def bench_search_step(cfg, device, compile_too):
@@ -126,7 +127,7 @@ def bench_search_step(cfg, device, compile_too):
             reset_peak(device)
             t0, first = time.perf_counter(), []
             s.model.train()
-            sec = timed(lambda: s.train_step(x, y, True), device, cfg['warmup'], cfg['repeats'], first)
+            sec = timed(lambda: s.train_step(x, y, 'search'), device, cfg['warmup'], cfg['repeats'], first)
             rows.append(dict(batch_size=bs, variant=name, step_s=sec, images_per_s=bs / sec,
                              peak_mib=utils.peak_memory_mib(device), wall_s=time.perf_counter() - t0, first_step_s=first[0]))
             show_search_step(rows[-1])
@@ -142,14 +143,12 @@ def warm_up(s, device):
     """search.py's warm-up epoch (weights only, switches at 1) on real images; returns a plain batch
     of the switch-training part for the curvature, and the warm-up's final training accuracy."""
     parts = search.make_data(s.args, device)
+    s.method.start_phase('warmup')
     s.model.train()
-    for sw in s.switches:
-        sw.requires_grad_(False)
     for x, y in parts['warmup']:
-        s.train_step(x, y, False)
+        s.train_step(x, y, 'warmup')
     loss, hits, images = s.sums.tolist()
-    for sw in s.switches:
-        sw.requires_grad_(True)
+    s.method.start_phase('search')
     return next(iter(parts['curvature'])), 100 * hits / max(images, 1)
 
 
@@ -160,7 +159,7 @@ def bench_curvature(cfg, device, data=None):
     batch; otherwise on noise images after a few steps."""
     bs = cfg['search_batch']
     s = make_search(cfg, device, bs, channels_last=True, data=data)
-    result = dict(batch_size=bs, switches=len(s.switches), images='noise')
+    result = dict(batch_size=bs, switches=len(s.method.switches), images='noise')
     if data is not None:
         (x, y), acc = warm_up(s, device)
         result.update(images=f'CIFAR-10 from {data}, after the warm-up epoch', warmup_train_acc=acc)
@@ -192,8 +191,8 @@ def bench_curvature(cfg, device, data=None):
         prior.update(curv[s.args.hessian], rule=s.args.update)
         prior.prune(s.args.threshold)
     result['update_prune_s'] = timed(update, device, 1, cfg['repeats'])
-    s.prior.update(curv[s.args.hessian], rule=s.args.update)
-    rows = search.gamma_rows(s.model, s.prior)
+    s.method.prior.update(curv[s.args.hessian], rule=s.args.update)
+    rows = bayesnas.gamma_rows(s.model, s.method.prior)
     threshold = sorted(r['gamma'] for r in rows)[len(rows) // 2]
     result['derive_s'] = timed(lambda: derive.derive_from_table(rows, threshold=threshold), device, 1,
                                cfg['repeats'])
@@ -282,7 +281,7 @@ def bench_proxyless(cfg, device):
     weights = sum(w.numel() for w in s.weights) * 4 * 3        # fp32 weights, gradients, momentum
     row = dict(kind='supernet', size=f"C {p['C']}, alpha {p['alpha']}, {p['N']} blocks per stage",
                batch_size=p['batch'], saved_mib_per_image=per_image / 2 ** 20, weights_mib=weights / 2 ** 20,
-               batch_fits_80gb=int((80e9 - weights) // per_image), switches=len(s.switches))
+               batch_fits_80gb=int((80e9 - weights) // per_image), switches=len(s.method.switches))
     # Twice the saved activations leaves room for the backward pass; a step that cannot fit is not tried.
     memory = (torch.cuda.mem_get_info(device)[1] if device.type == 'cuda'
               else os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))

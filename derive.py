@@ -99,9 +99,10 @@ def row_key(index, row):
     return row['key']
 
 
-def row_number(row, field):
+def row_number(row, field, signed=False):
     """row[field] as a float; ValueError naming the row's key and the bad value (not the whole row,
-    which holds long member lists). Gammas are variances: NaN, infinite and negative are refused."""
+    which holds long member lists). Gammas are variances: NaN, infinite and (unless signed, as a
+    measured loss difference may be) negative are refused."""
     key = row['key']
     if field not in row:
         raise ValueError(f'gamma table row {key!r}: "{field}" is missing')
@@ -109,8 +110,9 @@ def row_number(row, field):
     # bool is an int to Python, but true/false in a gamma column is a broken table, not 1 and 0.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f'gamma table row {key!r}: {field} {value!r} is not a number')
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f'gamma table row {key!r}: {field} is {value}, not a finite number >= 0')
+    if not math.isfinite(value) or value < 0 and not signed:
+        raise ValueError(f'gamma table row {key!r}: {field} is {value}, not a finite number'
+                         f'{"" if signed else " >= 0"}')
     return float(value)
 
 
@@ -154,20 +156,21 @@ def cell_types(rows, space=DARTS):
 
 def cell_tables(rows, space=DARTS):
     """{cell_type: {(src, dst): {'gamma': g, 'pruned': p, 'ops': {op: {'gamma': g, 'pruned': p}}}}}, each
-    entry with the row's 'relevance' too where the table records it.
+    entry with the row's 'relevance' and 'removal' too where the table records them.
 
-    Untied searches have one row per cell for the same position: their gammas are averaged, and a
+    Untied searches have one row per cell for the same position: their numbers are averaged, and a
     position counts as pruned only when it is pruned in every cell."""
     collected = defaultdict(list)
     for index, row in enumerate(rows):
         row_key(index, row)
-        relevance = row_number(row, 'relevance') if 'relevance' in row else None
-        collected[_position(row, space)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned'), relevance))
+        scores = {k: row_number(row, k, signed=k == 'removal') for k in MEASURED if k in row}
+        collected[_position(row, space)].append((row_number(row, 'gamma'), _row_flag(row, 'pruned'), scores))
     tables = {t: {} for t in cell_types(rows, space)}
     for (cell_type, src, dst, op), values in collected.items():
         entry = dict(gamma=sum(g for g, _, _ in values) / len(values), pruned=all(p for _, p, _ in values))
-        if all(r is not None for _, _, r in values):        # tables of search.py; bare prior tables have none
-            entry['relevance'] = sum(r for _, _, r in values) / len(values)
+        for k in MEASURED:                  # tables of search.py; bare prior tables have none
+            if all(k in s for _, _, s in values):
+                entry[k] = sum(s[k] for _, _, s in values) / len(values)
         edge = tables[cell_type].setdefault((src, dst), dict(gamma=math.inf, pruned=False, ops={}))
         if op is None:
             edge.update(entry)
@@ -183,16 +186,19 @@ def cell_tables(rows, space=DARTS):
 # Derivation rules
 # ----------------------------------------------------------------------------------------------------
 
-SELECT = ('gamma', 'relevance')
+SELECT = ('gamma', 'relevance', 'removal')
+MEASURED = ('relevance', 'removal')     # what a search measures of each group beside gamma
 
 
 def _strength(v, select):
-    """How an op (or edge) ranks: by gamma (the paper) or by relevance, the other breaking ties.
-    Relevance, the loss (to second order) that removing the op would cost, is the op's own evidence:
+    """How an op (or edge) ranks: by gamma (the paper), by relevance or by removal, gamma breaking
+    the ties of the other two and relevance those of gamma. Relevance, the loss (to second order)
+    that removing the op would cost, and removal, that loss as measured, are the op's own evidence:
     gamma is capped at its edge's gamma by the HARD coupling, so the ops of a shrunken edge can share
     one gamma, and their order would otherwise be that of the op list."""
-    relevance = v.get('relevance', 0.0)
-    return (v['gamma'], relevance) if select == 'gamma' else (relevance, v['gamma'])
+    if select == 'gamma':
+        return v['gamma'], v.get('relevance', 0.0)
+    return v.get(select, 0.0), v['gamma']
 
 
 def _alive_ops(edge, space, select='gamma'):
@@ -360,6 +366,14 @@ def search_select(doc):
     return _doc_field(doc, 'select', lambda v: v in SELECT, f'one of {", ".join(SELECT)}') or 'gamma'
 
 
+def _check_select(doc, select):
+    """UserError when the table does not record what the ops are to compete by."""
+    if select in MEASURED and not any(select in row for row in doc.get('groups', [])):
+        raise utils.UserError(f'gamma.json records no {select} of its groups: --select {select} needs a '
+                              f'search that measured it' + (' (search.py --select removal)'
+                                                            if select == 'removal' else ''))
+
+
 def derive(doc, threshold=None, topk=None, notes=None, select=None):
     """Genotype from a gamma.json document; threshold defaults to the search's own, and one below it
     revives the groups pruned in the last iteration (rows_at); select defaults to the search's own.
@@ -369,10 +383,12 @@ def derive(doc, threshold=None, topk=None, notes=None, select=None):
         if threshold is None:
             raise utils.UserError('gamma.json records no threshold: pass --threshold or --topk')
     _check_rule(threshold, topk)
+    select = select or search_select(doc)
+    _check_select(doc, select)
     try:
         rows = doc['groups'] if topk is not None else rows_at(doc, threshold)
         return derive_from_table(rows, threshold=threshold, topk=topk, notes=notes, space=space_of(doc),
-                                 net=doc.get('net'), select=select or search_select(doc))
+                                 net=doc.get('net'), select=select)
     except ValueError as e:
         raise utils.UserError(str(e)) from e
 
@@ -761,7 +777,8 @@ def build_parser():
     rule.add_argument('--topk', type=int, default=None,
                       help='keep the K strongest incoming edges per node, strongest op per edge')
     parser.add_argument('--select', choices=SELECT, default=None, help="what an edge's ops compete by: "
-                        "gamma or relevance, the other breaking ties (default: the search's own)")
+                        "gamma, relevance or removal (the measured loss of removing the op; a search with "
+                        "--select removal records it), as derive._strength says (default: the search's own)")
     parser.add_argument('--out', default=None, help='output directory (default: RUN_DIR)')
     parser.add_argument('--benchmark', metavar='FILE', default=None,
                         help='NAS-Bench-201 searches: print the accuracies of the derived cell in FILE, a CSV '

@@ -12,6 +12,8 @@ concatenation of its `concat` nodes.
         and a concatenated node without live input is zeros.
     Retrained network (switches=False): only the genotype's ops, summed per edge, no switches,
         DARTS's drop-path on every op that is not an identity.
+    Either kind computes, per forward pass, the ops a search method's gate chooses (set_gate): ops
+    dropped per training step, a sampled path, a candidate sub-network; the others are not called.
 
 Network is the DARTS search macro-architecture with switches; NetworkCIFAR and NetworkImageNet are
 DARTS's evaluation networks (same stems, reductions, auxiliary heads and parameter counts).
@@ -108,7 +110,7 @@ class Edge(nn.Module):
             if self.training and dropping(drop_prob) and not isinstance(self.ops[k], nn.Identity):
                 y = drop_path(y, drop_prob)
             outs.append(y)
-        return _sum(outs)
+        return _sum(outs) * scale if scale != 1 else _sum(outs)
 
 
 class Cell(nn.Module):
@@ -134,7 +136,7 @@ class Cell(nn.Module):
             Edge(names, src, dst, C, 2 if reduction and src < self.n_inputs else 1, switches)
             for (src, dst), names in ops_of.items())
         self._live = None       # (Switch.mask_version, live ops per edge) of the supernet
-        self.op_dropout = 0.    # set by SwitchNetwork.set_op_dropout
+        self.gate = None        # a search method's choice of ops per forward pass (set_gate)
 
     def _live_ops(self):
         """For each edge, the indices of the ops to compute (empty: skip the edge)."""
@@ -144,23 +146,6 @@ class Cell(nn.Module):
         if self._live is None or self._live[0] != hessian.Switch.mask_version:
             self._live = (hessian.Switch.mask_version, self._read_live_ops())
         return self._live[1]
-
-    def _sampled(self, live):
-        """The supernet in training with op dropout (SwitchNetwork.set_op_dropout): each live op of an
-        edge drops out with probability op_dropout, at least one stays, and the survivors are scaled
-        by live / kept so that the edge's output keeps its size."""
-        p = self.op_dropout
-        if not (self.switches and self.training and p > 0):
-            return [(ops, 1.) for ops in live]
-        keep = (torch.rand(sum(len(ops) for ops in live)) >= p).tolist()
-        out, i = [], 0
-        for ops in live:
-            kept = [k for k, on in zip(ops, keep[i:i + len(ops)]) if on]
-            if ops and not kept:
-                kept = [ops[int(torch.randint(len(ops), ()))]]
-            out.append((kept, len(ops) / max(len(kept), 1)))
-            i += len(ops)
-        return out
 
     def _read_live_ops(self):
         # One device-to-host copy for the whole cell instead of one per switch.
@@ -174,7 +159,9 @@ class Cell(nn.Module):
 
     def forward(self, *inputs, drop_prob=0.):
         states = {}
-        for edge, (live, scale) in zip(self.edges, self._sampled(self._live_ops())):
+        live = self._live_ops()
+        plan = [(ops, 1.) for ops in live] if self.gate is None else self.gate(self, live)
+        for edge, (live, scale) in zip(self.edges, plan):
             if not live:
                 continue
             if edge.src not in states:
@@ -197,6 +184,17 @@ class Cell(nn.Module):
         if self.reduction:      # stride-2 ops with 'same' padding give ceil(h / 2)
             h, w = (h + 1) // 2, (w + 1) // 2
         return x.new_zeros((n, self.C, h, w))
+
+
+def set_gate(model, gate):
+    """Give every cell of model a gate: gate(cell, live) -> one (ops, scale) per edge of the cell, where
+    live lists each edge's computable ops (a supernet's unpruned ones; all ops otherwise). Only the ops
+    a gate returns are computed, and an edge's sum is multiplied by its scale; an edge given no ops is
+    skipped. How a search method trains or evaluates sub-networks of the one supernet: ops dropped per
+    step (bayesnas.OpDropout), a sampled or fixed path, a sampled candidate. None: every live op."""
+    for module in model.modules():
+        if isinstance(module, Cell):
+            module.gate = gate
 
 
 def darts_cell(edges, concat, C_prev_prev, C_prev, C, *, reduction, reduction_prev, switches=False):
@@ -296,11 +294,6 @@ class SwitchNetwork(nn.Module):
         for cell in self.cells:
             for edge in cell.edges:
                 edge.aux_skip = beta
-
-    def set_op_dropout(self, p):
-        """Drop each live op of each edge with probability p in training (0: none; search.py --op_dropout)."""
-        for cell in self.cells:
-            cell.op_dropout = p
 
     def switch_parameters(self):
         return hessian.switch_parameters(self)

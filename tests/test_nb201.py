@@ -8,8 +8,10 @@ import types
 import pytest
 import torch
 
+import bayesnas
 import derive
 import genotypes
+import model_search
 import search
 import spaces
 import train
@@ -436,7 +438,7 @@ def test_the_auxiliary_identity_adds_a_normalised_input_on_every_stride_1_edge_o
 
 def test_op_dropout_computes_only_the_kept_ops_and_scales_them_back():
     net = supernet()
-    net.set_op_dropout(0.5)
+    model_search.set_gate(net, bayesnas.OpDropout(0.5))
     calls = []
     for cell in net.cells:
         for edge in cell.edges:
@@ -457,10 +459,9 @@ def test_op_dropout_computes_only_the_kept_ops_and_scales_them_back():
         calls.clear()
     assert 6 * len(net.cells) <= min(counts) and max(counts) < per_edge     # at least one op per edge
     assert abs(sum(counts) / len(counts) / per_edge - 0.5) < 0.15
-    sampled = net.cells[0]._sampled([[0, 1, 2, 3]])
+    sampled = bayesnas.OpDropout(0.5)(net.cells[0], [[0, 1, 2, 3]])
     assert sampled[0][1] == 4 / len(sampled[0][0])
-    net.set_op_dropout(0.)
-    assert net.cells[0]._sampled([[0, 1, 2, 3]]) == [([0, 1, 2, 3], 1.)]
+    assert bayesnas.OpDropout(0.)(net.cells[0], [[0, 1, 2, 3]]) == [([0, 1, 2, 3], 1.)]
 
 
 def test_the_auxiliary_identity_decays_over_the_switch_phase_and_is_gone_at_the_update(small_cifar, tmp_path,
@@ -472,19 +473,19 @@ def test_the_auxiliary_identity_decays_over_the_switch_phase_and_is_gone_at_the_
         step(self, x, y, phase)
 
     curvatures = []
-    curvature = search.Search.curvature
+    curvature = bayesnas.BayesNAS.curvature
 
     def at_update(self, batches):
         curvatures.append(self.model.cells[0].edges[0].aux_skip)
         return curvature(self, batches)
 
     monkeypatch.setattr(search.Search, 'train_step', record)
-    monkeypatch.setattr(search.Search, 'curvature', at_update)
+    monkeypatch.setattr(bayesnas.BayesNAS, 'curvature', at_update)
     search.main(['--data', str(small_cifar(24, 20)), '--save', str(tmp_path / 'run'), '--aux_skip', '0.8',
                  '--switch_steps', '4'] + TINY)
-    warm = [b for phase, b in seen if not phase]
+    warm = [b for phase, b in seen if phase == 'warmup']
     assert warm and all(b == 0.8 for b in warm)
-    assert [b for phase, b in seen if phase] == pytest.approx([0.8, 0.6, 0.4, 0.2])
+    assert [b for phase, b in seen if phase == 'search'] == pytest.approx([0.8, 0.6, 0.4, 0.2])
     assert curvatures == [0.0]
 
 
@@ -507,6 +508,58 @@ def test_a_search_records_its_selection_rule_and_derives_by_it(small_cifar, tmp_
     assert derive.derive(doc) == result['genotype'] == derive.derive(doc, select='relevance')
 
 
+def test_removal_is_the_measured_loss_of_removing_a_group_and_the_derivation_can_rank_by_it(small_cifar,
+                                                                                             tmp_path):
+    data = small_cifar(24, 20)
+    measured = {}
+    original = bayesnas.BayesNAS.removal_loss
+
+    def keep(self, rows, batches):
+        batches = list(batches)
+        out = original(self, rows, batches)
+        # Recompute one op group's number by hand: its switches at 0 in all 3 tied cells.
+        row = next(r for r in rows if r['op'] == 'nor_conv_3x3' and not r['pruned'])
+        self.model.eval()
+        with torch.no_grad():
+            def loss():
+                return (sum(torch.nn.functional.cross_entropy(self.model(x), y, reduction='sum').item()
+                            for x, y in batches) / sum(len(y) for _, y in batches))
+            base = loss()
+            modules = dict(self.model.named_modules())
+            values = [modules[name].s.view(-1)[i].item() for name, i in row['members']]
+            assert len(values) == 3
+            for name, i in row['members']:
+                modules[name].s.view(-1)[i] = 0.
+            measured['by hand'] = 2 * (loss() - base) / row['lam']
+            for (name, i), v in zip(row['members'], values):
+                modules[name].s.view(-1)[i] = v
+            measured['again'] = 2 * (loss() - base) / row['lam']
+        self.model.train()
+        measured['search'] = out[row['key']]
+        return out
+
+    bayesnas.BayesNAS.removal_loss = keep
+    try:
+        result = search.main(['--data', str(data), '--save', str(tmp_path / 'run'), '--select', 'removal',
+                              '--lambda', '0.0001'] + TINY)
+    finally:
+        bayesnas.BayesNAS.removal_loss = original
+    assert measured['search'] == pytest.approx(measured['by hand'], rel=1e-6, abs=1e-9)
+    assert measured['again'] == pytest.approx(0., abs=1e-9)          # the switches were put back
+    assert measured['search'] != 0.
+    doc = json.loads((tmp_path / 'run' / 'gamma.json').read_text())
+    assert doc['select'] == 'removal' and all('removal' in r for r in doc['groups'])
+    assert derive.derive(doc) == result['genotype'] == derive.derive(doc, select='removal')
+    # The rule ranks by the measured number: reverse it and another op wins on some edge.
+    flipped = dict(doc, groups=[dict(r, removal=-r['removal']) for r in doc['groups']])
+    live_edges = [r for r in doc['groups'] if r['op'] is not None and not r['pruned']]
+    if len({(r['src'], r['dst']) for r in live_edges}) < len(live_edges):        # some edge has a choice
+        assert derive.derive(flipped) != derive.derive(doc)
+    plain = dict(doc, groups=[{k: v for k, v in r.items() if k != 'removal'} for r in doc['groups']])
+    with pytest.raises(utils.UserError, match='records no removal'):
+        derive.derive(plain, select='removal')
+
+
 def test_paper_restores_the_published_choices_and_flags_beside_it_win():
     def defaults(*argv):
         return vars(search.space_defaults(search.build_parser().parse_args(list(argv))))
@@ -517,6 +570,6 @@ def test_paper_restores_the_published_choices_and_flags_beside_it_win():
     assert {k: defaults()[k] for k in keys} == dict(
         update='evidence', hessian='fisher', aux_skip=0.0, op_dropout=0.0, select='gamma')
     for space in ('nb201', 'darts'):
-        assert {k: defaults('--space', space, '--paper')[k] for k in keys} == search.PAPER == dict(
+        assert {k: defaults('--space', space, '--paper')[k] for k in keys} == bayesnas.PAPER == dict(
             update='reweight', hessian='recursive', aux_skip=0.0, op_dropout=0.0, select='gamma')
     assert defaults('--space', 'nb201', '--paper', '--select', 'relevance')['select'] == 'relevance'

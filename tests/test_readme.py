@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import tabular
 import utils
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def check_command(words, tmp_path, monkeypatch):
     name, args = script_call(words)
     if name not in SCRIPTS:
         raise utils.UserError(f'{name}.py is not one of the project\'s scripts')
-    if name == 'search' and importlib.import_module('search').sample_based(args):
+    if name == 'search' and importlib.import_module('search').method_of(args) in tabular.METHODS:
         name = 'tabular'                # search.py hands sample-based methods to tabular.py
     module, parser = parser_of(name, monkeypatch)
     args = substitute(args, placeholders(tmp_path))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import bayesnas
 import derive
 import genotypes
 import search
@@ -290,7 +291,7 @@ def one_line_error(proc):
 
 def test_warmup_portion_0_with_warmup_epochs_0_is_a_search_without_warm_up(data, tmp_path):
     args, _ = search.configure(['--warmup_portion', '0', '--warmup_epochs', '0'])
-    assert search.phases(args) == [('search', 0)]
+    assert bayesnas.phases(args) == [('search', 0)]
     line = one_line_error(run_cli('--data', data, '--save', tmp_path / 'r', '--warmup_portion', '0'))
     assert 'warm-up without images' in line and not (tmp_path / 'r').exists()
 
