@@ -1,0 +1,487 @@
+"""PGNAS (Zhou, Sun, Luo, Zha, Zeng, AAAI 2020): posterior-guided architecture sampling.
+
+The architecture and the weights are one random variable: every kernel slice W[:, k] of a gated
+convolution is multiplied by a binary variable that keeps or drops input channel k, and the posterior
+over this hybrid representation is approximated by concrete (variational) dropout on the supernet:
+  1. a supernet with every candidate op on every edge, all summed (no architecture logits), each
+     gated op with its own drop probability p, stored as a logit;
+  2. single-level SGD on the training split of cross-entropy plus the regulariser (the KL term)
+        sum over gated convs of (l^2 / N) (1 - p) ||W||^2 + (K / N) (p log p + (1 - p) log(1 - p)),
+     K the gate's Bernoulli variables (input channels), N the training-set size times a factor for
+     augmentation (the paper: 10); the L2 part is coupled to p (a constant L2 loses ~3 points in the
+     paper) and replaces weight decay on those convs. In training the mask is relaxed (Gumbel-sigmoid,
+     temperature 0.2, one draw per sample and channel) and the input is NOT rescaled by 1 / (1 - p);
+  3. C hard candidates, each channel dropped with its p (one draw per candidate, shared by the whole
+     batch), scored with the shared weights, without fine-tuning, on validation batches; the best one
+     defines the architecture.
+The paper's control (Bender et al.): the same supernet with every gate at a fixed rate, not learned,
+sampled the same way (PGNAS(args with pgnas_fixed_rate=p)).
+
+Where this departs from the paper, and why:
+  * parameter-free ops (pools, the stride-1 identity) have no kernel to gate, and the paper cannot
+    select them; NAS-Bench-201 and DARTS cells need them, so each gets one op-level concrete gate (one
+    Bernoulli variable per sample: the whole op is kept or dropped), with the entropy term of that one
+    variable and no L2 term. 'none' is not in the supernet: it adds zeros and has nothing to gate;
+  * a conv op is gated on its input channels, i.e. on the input channels of its first convolution(s)
+    (the depthwise conv of SepConv / DilConv, both convs of FactorizedReduce); the convs inside an op
+    are not gated and, with the rest of the network (stem, preprocessing, BN, classifier), take the
+    harness's plain weight decay. The paper gates every convolution of its ResNet supernets;
+  * one gate per (cell, edge, op): the paper's one p per (layer, kernel-size branch), a cell's edge
+    being the layer; nothing is tied across cells;
+  * a candidate's network keeps or drops channels, but a NAS-Bench-201 or DARTS genotype needs one op
+    per edge (or two inputs per node); the rule (`genotype`): over all cells of a type, an op is present
+    in the candidate when at least half of its units (channels, or the op itself per cell) are kept;
+    on an edge the present op with the largest mean keep probability 1 - p wins, and an edge without a
+    present op is 'none' (NAS-Bench-201). DARTS: each node takes the two incoming edges whose winning
+    present op has the largest keep probability (edges without a present op fill up, by their best op's
+    keep probability, if fewer than two have one);
+  * not stated in the paper: the full model in eval mode uses the expected mask 1 - p (training does not
+    rescale, so this is the mean it trained with; the authors' code keeps every channel), and a
+    candidate is scored with BatchNorm on batch statistics (Bender et al.'s practice; the running
+    averages are left untouched); bn='running' uses the running averages instead;
+  * l^2 by default makes the coupled term's gradient at p_init equal the harness's weight decay (the
+    paper grid-searches l and says a good one lands in the usual weight-decay range).
+
+Interface (provisional, for search.py): PGNAS(args, space_name, device); build_model(C, layers,
+classes); train_step(x, y); sample(val_batches, candidates, seed); gate_table(); state_dict() /
+load_state_dict(). The supernets reuse model_search's cells built without BayesNAS switches.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import genotypes
+import model_search
+from operations import FactorizedReduce
+
+# Defaults of the paper (supplement): initial drop probability, temperature, N as a multiple of the
+# training-set size (augmentation); PRESENT: the kept fraction at which an op counts as in a candidate.
+P_INIT, TEMPERATURE, DATA_FACTOR = 0.1, 0.2, 10
+PRESENT = 0.5
+_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------
+# The concrete gate
+# ----------------------------------------------------------------------------------------------------
+
+def logit(p):
+    return math.log(p) - math.log1p(-p)
+
+
+class ConcreteGate(nn.Module):
+    """Concrete dropout over `units` Bernoulli variables (channels of the input, or 1 for the whole op)
+    sharing one drop probability p = sigmoid(logit).
+
+    Training: a relaxed keep-mask per sample and unit, 1 - sigmoid((logit + logistic noise) / T), no
+    1 / (1 - p) rescaling. Hard (`hard` set, a {0, 1} tensor of `units`): that fixed mask for the
+    whole batch. Eval without a hard mask: the expected mask 1 - p. learn=False: p stays fixed (the
+    fixed-rate control)."""
+
+    def __init__(self, units, p=P_INIT, temperature=TEMPERATURE, learn=True):
+        super().__init__()
+        if not 0 < p < 1:
+            raise ValueError(f'a drop probability must be in (0, 1), got {p}')
+        self.units, self.temperature = units, temperature
+        self.logit = nn.Parameter(torch.tensor(logit(p)), requires_grad=learn)
+        self.hard = None        # a candidate's mask: not state, a candidate is redrawn from its seed
+
+    def p(self):
+        return torch.sigmoid(self.logit)
+
+    def relaxed_keep(self, n):
+        """[n, units] relaxed keep-masks; as the temperature goes to 0 each entry is 0 with probability p."""
+        u = torch.rand(n, self.units, device=self.logit.device).clamp(_EPS, 1 - _EPS)
+        noise = torch.log(u) - torch.log1p(-u)          # logistic: the difference of two Gumbels
+        return 1 - torch.sigmoid((self.logit + noise) / self.temperature)
+
+    def draw_hard(self, generator):
+        """A hard keep-mask (float {0, 1}, `units`): each unit dropped with probability p. Drawn on the
+        CPU from `generator`, so that a candidate is the same on every device."""
+        u = torch.rand(self.units, generator=generator)
+        return (u >= float(self.p().detach())).float()
+
+    def mask(self, x):
+        if self.hard is not None:
+            return self.hard.to(x.device).view(1, -1)
+        if self.training:
+            return self.relaxed_keep(x.shape[0])
+        return (1 - self.p()).expand(1, self.units)
+
+    def forward(self, x):
+        m = self.mask(x)
+        return x * m.view(m.shape[0], m.shape[1], *([1] * (x.dim() - 2)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gating a supernet
+# ----------------------------------------------------------------------------------------------------
+
+def input_convs(op):
+    """The convolutions that read an op's input directly (their input channels are the gated ones);
+    [] for a parameter-free op."""
+    if isinstance(op, FactorizedReduce):
+        return [op.conv_1, op.conv_2]
+    first = next((m for m in op.modules() if isinstance(m, nn.Conv2d)), None)
+    return [] if first is None else [first]
+
+
+class GatedOp(nn.Module):
+    """A candidate op behind a concrete gate on its input: per channel for an op with convolutions,
+    one for the whole op otherwise."""
+
+    def __init__(self, op, C, p=P_INIT, temperature=TEMPERATURE, learn=True):
+        super().__init__()
+        self.op = op
+        convs = input_convs(op)
+        # A plain list: the convs are already submodules of op, and the regulariser reads their weights.
+        self.convs = convs
+        self.gate = ConcreteGate(C if convs else 1, p, temperature, learn)
+
+    def forward(self, x):
+        return self.op(self.gate(x))
+
+
+class Gated:
+    """Where a gate sits: cell index, cell type, edge (src, dst), op name, its index on the edge, and
+    the GatedOp."""
+
+    def __init__(self, cell, cell_type, src, dst, name, k, module):
+        self.cell, self.cell_type, self.src, self.dst = cell, cell_type, src, dst
+        self.name, self.k, self.module = name, k, module
+
+    @property
+    def gate(self):
+        return self.module.gate
+
+
+def gate_cells(cells, p=P_INIT, temperature=TEMPERATURE, learn=True):
+    """Wrap every op of every edge of the cells (model_search.Cell, built without switches) in a GatedOp,
+    in place; returns the Gated list in cell, edge, op order. 'none' ops stay ungated."""
+    gated = []
+    for i, cell in enumerate(cells):
+        cell_type = 'reduce' if cell.reduction else 'normal'
+        for edge in cell.edges:
+            for k, name in enumerate(edge.names):
+                if name == 'none':
+                    continue
+                edge.ops[k] = GatedOp(edge.ops[k], cell.C, p, temperature, learn)
+                gated.append(Gated(i, cell_type, edge.src, edge.dst, name, k, edge.ops[k]))
+    return gated
+
+
+# ----------------------------------------------------------------------------------------------------
+# Supernets without switches
+# ----------------------------------------------------------------------------------------------------
+
+class NB201Supernet(model_search._NB201):
+    """NAS-Bench-201's macro-architecture with every candidate op but 'none' on all six edges of every
+    cell, summed, without switches (returns logits)."""
+
+    def __init__(self, C, N, num_classes):
+        edges = [(op, i, j) for j in range(1, genotypes.NB201_NODES) for i in range(j)
+                 for op in genotypes.NB201_CANDIDATES]
+        super().__init__(C, N, num_classes, edges, switches=False)
+
+    def forward(self, x):
+        return self.logits(x)
+
+
+class DartsSupernet(nn.Module):
+    """DARTS's search network (model_search.Network's stem, cell stack and head BatchNorm) with every
+    candidate op but 'none' on every edge, summed, without switches (returns logits)."""
+
+    STEPS = 4
+
+    def __init__(self, C, num_classes, layers):
+        super().__init__()
+        C_stem = 3 * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+        nodes = range(2, self.STEPS + 2)
+        edges = [(op, i, j) for j in nodes for i in range(j) for op in genotypes.CANDIDATES]
+
+        def make_cell(reduction, C_prev_prev, C_prev, C_cell, reduction_prev):
+            return model_search.darts_cell(edges, list(nodes), C_prev_prev, C_prev, C_cell,
+                                           reduction=reduction, reduction_prev=reduction_prev)
+
+        self.cells, channels = model_search.stack_cells(layers, C, C_stem, make_cell)
+        # The sum of every op of every edge is many times one op's output (see model_search.Network).
+        self.head_bn = nn.BatchNorm2d(channels[-1])
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x):
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1)
+        return self.classifier(self.global_pooling(self.head_bn(s1)).flatten(1))
+
+
+SUPERNETS = {
+    'nb201': lambda C, layers, classes: NB201Supernet(C, layers, classes),
+    'darts': lambda C, layers, classes: DartsSupernet(C, classes, layers),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The regulariser (the KL term)
+# ----------------------------------------------------------------------------------------------------
+
+def l2_term(gated, l2, n):
+    """sum over gates of (l2 / n) (1 - p) ||W||^2 over the gate's input convs (the sum over input
+    channels k of (1 - p) ||W[:, k]||^2, p being shared by the channels); 0 for op-level gates."""
+    total = 0.
+    for g in gated:
+        if g.module.convs:
+            sq = sum(conv.weight.pow(2).sum() for conv in g.module.convs)
+            total = total + (l2 / n) * (1 - g.gate.p()) * sq
+    return total
+
+
+def entropy_term(gated, n):
+    """sum over gates of (units / n) (p log p + (1 - p) log(1 - p)): the negative entropy of the gate's
+    Bernoulli variables, which pulls p towards 1/2."""
+    total = 0.
+    for g in gated:
+        logit_ = g.gate.logit
+        p = torch.sigmoid(logit_)
+        # Through log-sigmoids of the logit: finite for any logit.
+        total = total + (g.gate.units / n) * (p * F.logsigmoid(logit_) + (1 - p) * F.logsigmoid(-logit_))
+    return total
+
+
+def regulariser(gated, l2, n):
+    """The KL term of the paper: l2_term + entropy_term."""
+    return l2_term(gated, l2, n) + entropy_term(gated, n)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Candidates and their genotypes
+# ----------------------------------------------------------------------------------------------------
+
+def candidate_generator(seed, index):
+    """The generator of candidate `index` of a sampling with `seed`: each candidate can be redrawn alone."""
+    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + index) % 2 ** 63)
+
+
+def draw_candidate(gated, seed, index):
+    """The hard keep-masks of candidate `index`, one per gate, in gate order."""
+    g = candidate_generator(seed, index)
+    return [x.gate.draw_hard(g) for x in gated]
+
+
+def op_summary(gated, masks):
+    """{(cell_type, src, dst, op): (kept fraction of its units over the type's cells, mean keep
+    probability 1 - p)}."""
+    acc = {}
+    for x, m in zip(gated, masks):
+        kept, units, keep, n = acc.get((x.cell_type, x.src, x.dst, x.name), (0., 0, 0., 0))
+        acc[(x.cell_type, x.src, x.dst, x.name)] = (
+            kept + float(m.sum()), units + m.numel(), keep + 1 - float(x.gate.p().detach()), n + 1)
+    return {key: (kept / units, keep / n) for key, (kept, units, keep, n) in acc.items()}
+
+
+def _edge_winners(summary, cell_type):
+    """{(src, dst): (present op with the largest keep probability or None, its keep probability,
+    best op by keep probability alone, its keep probability)}; ties go to the earlier op."""
+    out = {}
+    for (t, src, dst, op), (kept, keep) in summary.items():
+        if t != cell_type:
+            continue
+        present, p_keep, best, b_keep = out.get((src, dst), (None, -1., None, -1.))
+        if kept >= PRESENT and keep > p_keep:
+            present, p_keep = op, keep
+        if keep > b_keep:
+            best, b_keep = op, keep
+        out[(src, dst)] = (present, p_keep, best, b_keep)
+    return out
+
+
+def nb201_genotype(summary):
+    """The NAS-Bench-201 string of a candidate (see the module docstring for the rule)."""
+    winners = _edge_winners(summary, 'normal')
+    return genotypes.nb201_string([(op, src, dst) for (src, dst), (op, _, _, _) in winners.items()
+                                   if op is not None])
+
+
+def _darts_cell(summary, cell_type, steps):
+    winners = _edge_winners(summary, cell_type)
+    pairs = []
+    for j in range(2, steps + 2):
+        incoming = [(src, *winners[(src, j)]) for src in range(j)]
+        # Edges with a present op first, by its keep probability; then the others by their best op's.
+        ranked = sorted(incoming, key=lambda e: (e[1] is not None, e[2] if e[1] is not None else e[4]),
+                        reverse=True)
+        chosen = sorted(ranked[:2], key=lambda e: e[0])
+        pairs += [(present if present is not None else best, src) for src, present, _, best, _ in chosen]
+    return pairs
+
+
+def darts_genotype(summary, steps=DartsSupernet.STEPS):
+    """The DARTS genotype of a candidate (see the module docstring for the rule)."""
+    concat = list(range(2, steps + 2))
+    return genotypes.Genotype(normal=_darts_cell(summary, 'normal', steps), normal_concat=concat,
+                              reduce=_darts_cell(summary, 'reduce', steps), reduce_concat=concat)
+
+
+GENOTYPES = {'nb201': nb201_genotype, 'darts': darts_genotype}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The method
+# ----------------------------------------------------------------------------------------------------
+
+def _arg(args, name, default):
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+class PGNAS:
+    """The method for the search harness. Reads from args: learning_rate, momentum, weight_decay,
+    grad_clip, train_size (the training split's images), and, all optional: pgnas_p_init (0.1),
+    pgnas_temperature (0.2), pgnas_n (N; default 10 x train_size), pgnas_l2 (l^2; default: the coupled
+    term's gradient at p_init equals weight_decay), pgnas_fixed_rate (a drop probability: the control,
+    every gate at it and not learned), pgnas_bn ('batch' or 'running': BatchNorm when scoring
+    candidates)."""
+
+    def __init__(self, args, space_name, device):
+        if space_name not in SUPERNETS:
+            raise ValueError(f'PGNAS searches the {" and ".join(SUPERNETS)} spaces, not {space_name!r}')
+        self.args, self.space, self.device = args, space_name, device
+        self.fixed_rate = _arg(args, 'pgnas_fixed_rate', None)
+        self.p_init = self.fixed_rate if self.fixed_rate is not None else _arg(args, 'pgnas_p_init', P_INIT)
+        self.temperature = _arg(args, 'pgnas_temperature', TEMPERATURE)
+        self.n = _arg(args, 'pgnas_n', DATA_FACTOR * _arg(args, 'train_size', 0))
+        self.l2 = _arg(args, 'pgnas_l2', args.weight_decay * self.n / (2 * (1 - self.p_init)))
+        self.bn = _arg(args, 'pgnas_bn', 'batch')
+        for ok, message in (
+                (0 < self.p_init < 1, f'the drop probability must be in (0, 1), got {self.p_init}'),
+                (self.temperature > 0, f'the temperature must be positive, got {self.temperature}'),
+                (self.n > 0, f'N (pgnas_n, or train_size) must be positive, got {self.n}'),
+                (self.l2 >= 0, f'l^2 (pgnas_l2) must be at least 0, got {self.l2}'),
+                (self.bn in ('batch', 'running'), f"pgnas_bn must be 'batch' or 'running', got {self.bn!r}")):
+            if not ok:
+                raise ValueError(message)
+        self.model = self.optimizer = None
+        self.gated = []
+
+    # --- the supernet and its training ---------------------------------------------------------------
+
+    def build_model(self, C, layers, classes):
+        model = SUPERNETS[self.space](C, layers, classes)
+        self.gated = gate_cells(model.cells, self.p_init, self.temperature, learn=self.fixed_rate is None)
+        self.model = model.to(self.device)
+        # The gated convs' L2 is the regulariser's (coupled to p): no weight decay on them; the gates'
+        # logits none either (their prior is the entropy term).
+        coupled = {id(conv.weight) for x in self.gated for conv in x.module.convs}
+        logits = [x.gate.logit for x in self.gated]
+        logit_ids = {id(t) for t in logits}
+        rest = [t for t in model.parameters() if id(t) not in coupled | logit_ids]
+        groups = [dict(params=[t for t in model.parameters() if id(t) in coupled], weight_decay=0.),
+                  dict(params=rest, weight_decay=self.args.weight_decay)]
+        if self.fixed_rate is None:
+            groups.append(dict(params=logits, weight_decay=0.))
+        self.optimizer = torch.optim.SGD(groups, lr=self.args.learning_rate, momentum=self.args.momentum)
+        return self.model
+
+    def regulariser(self):
+        return regulariser(self.gated, self.l2, self.n)
+
+    def train_step(self, x, y):
+        """One SGD step on cross-entropy + the regulariser; returns (that loss, logits), detached."""
+        self.set_candidate(None)
+        self.model.train()
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y) + self.regulariser()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = _arg(self.args, 'grad_clip', 0)
+        if clip > 0:
+            nn.utils.clip_grad_norm_([t for t in self.model.parameters() if t.requires_grad], clip)
+        self.optimizer.step()
+        return loss.detach(), logits.detach()
+
+    # --- candidates ----------------------------------------------------------------------------------
+
+    def set_candidate(self, masks):
+        """Fix every gate to its hard mask (masks in gate order), or back to relaxed / expected masks
+        (None). A hard candidate computes only the ops it keeps a unit of."""
+        for i, x in enumerate(self.gated):
+            x.gate.hard = None if masks is None else masks[i]
+        for cell in self.model.cells:
+            cell.__dict__.pop('_live_ops', None)
+        if masks is not None:
+            self._set_live(masks)
+
+    def _set_live(self, masks):
+        # Until model_search has a hook for the ops to compute, an instance attribute shadows
+        # Cell._live_ops (see the notes): ops whose every unit is dropped are not called.
+        kept = {(x.cell, x.src, x.dst, x.k) for x, m in zip(self.gated, masks) if m.any()}
+        for i, cell in enumerate(self.model.cells):
+            live = [[k for k in range(len(edge.ops)) if (i, edge.src, edge.dst, k) in kept]
+                    for edge in cell.edges]
+            cell._live_ops = lambda live=live: live
+
+    @torch.no_grad()
+    def evaluate(self, masks, val_batches):
+        """Top-1 accuracy (%) of the candidate with these hard masks on the validation batches."""
+        self.set_candidate(masks)
+        self.model.eval()
+        saved = []
+        if self.bn == 'batch':
+            # Batch statistics without moving the running averages: momentum 0 keeps them as they are.
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+                    m.train()
+                    m.momentum = 0.
+        correct = total = 0
+        try:
+            for x, y in val_batches:
+                logits = self.model(x.to(self.device))
+                correct += int((logits.argmax(1) == y.to(self.device)).sum())
+                total += len(y)
+        finally:
+            for m, momentum, tracked in saved:
+                m.momentum = momentum
+                m.num_batches_tracked.copy_(tracked)
+            self.set_candidate(None)
+        return 100. * correct / max(total, 1)
+
+    def genotype(self, masks):
+        """The genotype of a candidate: an NAS-Bench-201 string or a DARTS Genotype."""
+        return GENOTYPES[self.space](op_summary(self.gated, masks))
+
+    def sample(self, val_batches, candidates, seed):
+        """Draw `candidates` hard candidates from `seed` and score each on the validation batches;
+        returns [dict(candidate, accuracy, genotype, kept)] in candidate order (kept: the fraction of
+        gated units the candidate keeps). best(results) picks the winner."""
+        results = []
+        for i in range(candidates):
+            masks = draw_candidate(self.gated, seed, i)
+            kept = sum(float(m.sum()) for m in masks) / max(sum(m.numel() for m in masks), 1)
+            results.append(dict(candidate=i, accuracy=self.evaluate(masks, val_batches),
+                                genotype=self.genotype(masks), kept=kept))
+        return results
+
+    # --- state and outputs ---------------------------------------------------------------------------
+
+    def gate_table(self):
+        """One row per gate: cell, cell_type, edge 'src->dst', op, p, units (channels, or 1 for an
+        op-level gate)."""
+        return [dict(cell=x.cell, cell_type=x.cell_type, edge=f'{x.src}->{x.dst}', op=x.name,
+                     p=float(x.gate.p().detach()), units=x.gate.units) for x in self.gated]
+
+    def state_dict(self):
+        return {'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+
+
+def best(results):
+    """The result with the highest validation accuracy (the earliest candidate on a tie)."""
+    return max(results, key=lambda r: (r['accuracy'], -r['candidate']))
