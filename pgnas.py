@@ -42,7 +42,7 @@ Where this departs from the paper, and why:
   * l^2 by default makes the coupled term's gradient at p_init equal the harness's weight decay (the
     paper grid-searches l and says a good one lands in the usual weight-decay range).
 
-Interface (provisional, for search.py): PGNAS(args, space_name, device); build_model(C, layers,
+Interface (provisional, not yet a search.py method): PGNAS(args, space_name, device); build_model(C, layers,
 classes); train_step(x, y); sample(val_batches, candidates, seed); gate_table(); state_dict() /
 load_state_dict(). The supernets reuse model_search's cells built without BayesNAS switches.
 """
@@ -407,22 +407,21 @@ class PGNAS:
 
     def set_candidate(self, masks):
         """Fix every gate to its hard mask (masks in gate order), or back to relaxed / expected masks
-        (None). A hard candidate computes only the ops it keeps a unit of."""
+        (None). A hard candidate computes only the ops it keeps a unit of (a cell gate, set_gate)."""
         for i, x in enumerate(self.gated):
             x.gate.hard = None if masks is None else masks[i]
-        for cell in self.model.cells:
-            cell.__dict__.pop('_live_ops', None)
-        if masks is not None:
-            self._set_live(masks)
+        model_search.set_gate(self.model, None if masks is None else self._kept_ops(masks))
 
-    def _set_live(self, masks):
-        # Until model_search has a hook for the ops to compute, an instance attribute shadows
-        # Cell._live_ops (see the notes): ops whose every unit is dropped are not called.
+    def _kept_ops(self, masks):
+        """The cell gate of a candidate: on each edge the ops of which it keeps at least one unit."""
         kept = {(x.cell, x.src, x.dst, x.k) for x, m in zip(self.gated, masks) if m.any()}
-        for i, cell in enumerate(self.model.cells):
-            live = [[k for k in range(len(edge.ops)) if (i, edge.src, edge.dst, k) in kept]
-                    for edge in cell.edges]
-            cell._live_ops = lambda live=live: live
+        index = {id(cell): i for i, cell in enumerate(self.model.cells)}
+
+        def gate(cell, live):
+            i = index[id(cell)]
+            return [([k for k in ops if (i, edge.src, edge.dst, k) in kept], 1.)
+                    for edge, ops in zip(cell.edges, live)]
+        return gate
 
     @torch.no_grad()
     def evaluate(self, masks, val_batches):
