@@ -254,7 +254,7 @@ class BayesNAS:
 
     name = 'BayesNAS'
 
-    def __init__(self, args, space, device, run):
+    def __init__(self, args, space, device, run, data=None):
         self.args, self.space, self.device, self.run = args, space, device, run
         self.model = space.supernet(net_of(args)).to(device)
         self.prior = self.model.build_prior(*lambdas(args))

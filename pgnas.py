@@ -46,7 +46,11 @@ Interface (provisional, not yet a search.py method): PGNAS(args, space_name, dev
 classes); train_step(x, y); sample(val_batches, candidates, seed); gate_table(); state_dict() /
 load_state_dict(). The supernets reuse model_search's cells built without BayesNAS switches.
 """
+import itertools
+import json
 import math
+import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -54,6 +58,7 @@ import torch.nn.functional as F
 
 import genotypes
 import model_search
+import utils
 from operations import FactorizedReduce
 
 # Defaults of the paper (supplement): initial drop probability, temperature, N as a multiple of the
@@ -484,3 +489,155 @@ class PGNAS:
 def best(results):
     """The result with the highest validation accuracy (the earliest candidate on a tie)."""
     return max(results, key=lambda r: (r['accuracy'], -r['candidate']))
+
+
+# ----------------------------------------------------------------------------------------------------
+# As a method of search.py (--method pgnas)
+# ----------------------------------------------------------------------------------------------------
+
+def add_flags(p):
+    g = p.add_argument_group('PGNAS (--method pgnas)')
+    g.add_argument('--epochs', type=int, default=1, help='epochs of single-level training of the gated '
+                   'supernet on the training part (1)')
+    g.add_argument('--valid_portion', type=float, default=0.1, help='share of the training set held out '
+                   'to score the candidates (0.1)')
+    g.add_argument('--candidates', type=int, default=500, help='hard candidates drawn from the learnt '
+                   'drop probabilities and scored (500; the paper: 500 as good as 1,500)')
+    g.add_argument('--valid_batches', type=int, default=8, help='validation batches each candidate is '
+                   'scored on (8)')
+    g.add_argument('--p_init', dest='pgnas_p_init', type=float, default=P_INIT,
+                   help=f'initial drop probability of every gate ({P_INIT})')
+    g.add_argument('--temperature', dest='pgnas_temperature', type=float, default=TEMPERATURE,
+                   help=f'temperature of the relaxed masks ({TEMPERATURE})')
+    g.add_argument('--l2', dest='pgnas_l2', type=float, default=None, help='l^2 of the coupled L2 term '
+                   "(default: its gradient at --p_init equals --weight_decay)")
+    g.add_argument('--data_factor', type=float, default=DATA_FACTOR, help='N, the data size of the '
+                   f'regulariser, in training images ({DATA_FACTOR}: the paper counts augmentation)')
+    g.add_argument('--fixed_rate', dest='pgnas_fixed_rate', type=float, default=None, help="the paper's "
+                   'control: every gate at this drop probability, not learnt, sampled the same way')
+    g.add_argument('--bn', dest='pgnas_bn', choices=('batch', 'running'), default='batch',
+                   help="BatchNorm statistics when a candidate is scored ('batch', as Bender et al.)")
+
+
+def defaults(args, space):
+    args.tie = False            # one gate per cell, edge and op: nothing tied
+
+
+def rules(a):
+    return [
+        (a.space in SUPERNETS, f'--method pgnas searches the {" and ".join(SUPERNETS)} spaces, not {a.space}'),
+        (a.epochs >= 1, f'--epochs must be at least 1, got {a.epochs}'),
+        (0 < a.valid_portion < 1, f'--valid_portion must be in (0, 1), got {a.valid_portion}'),
+        (a.candidates >= 1, f'--candidates must be at least 1, got {a.candidates}'),
+        (a.valid_batches >= 1, f'--valid_batches must be at least 1, got {a.valid_batches}'),
+        (0 < a.pgnas_p_init < 1, f'--p_init must be in (0, 1), got {a.pgnas_p_init}'),
+        (a.pgnas_temperature > 0, f'--temperature must be positive, got {a.pgnas_temperature}'),
+        (a.pgnas_l2 is None or a.pgnas_l2 >= 0, f'--l2 must be >= 0, got {a.pgnas_l2}'),
+        (a.data_factor > 0, f'--data_factor must be positive, got {a.data_factor}'),
+        (a.pgnas_fixed_rate is None or 0 < a.pgnas_fixed_rate < 1,
+         f'--fixed_rate must be in (0, 1), got {a.pgnas_fixed_rate}'),
+    ]
+
+
+def parts(args):
+    """Candidates are scored on the first part, held out; the supernet trains on the rest."""
+    return args.valid_portion, '--valid_portion', {
+        'train': ('rest', dict(crop_pad=4, flip=True), True, 0, True, 'training'),
+        'valid': ('first', None, False, 1, True, 'validation'),
+    }
+
+
+def phases(args):
+    return [('train', e) for e in range(args.epochs)]
+
+
+def steps(args, data):
+    return dict(train=len(data['train']))
+
+
+def phase_name(kind, epoch):
+    return f'epoch {epoch + 1}'
+
+
+def describe_data(args, data, steps):
+    return (f'{len(data["train"].x)} training / {len(data["valid"].x)} validation images, batch '
+            f'{args.batch_size}, {steps["train"]} steps per epoch')
+
+
+class Method:
+    """PGNAS for search.py's harness: the gated supernet trains on the training part with the
+    regulariser beside the data's loss; after the last epoch the candidates are drawn and scored
+    (candidates.json, gates.json) and the best one is the cell."""
+
+    name = 'PGNAS'
+
+    def __init__(self, args, space, device, run, data=None):
+        self.args, self.run = args, run
+        if data is not None:
+            args.train_size = len(data['train'].x)
+            args.pgnas_n = args.data_factor * args.train_size
+        self.core = PGNAS(args, space.name, device)
+        self.model = self.core.build_model(args.init_channels, args.layers, 10)
+        self.best = None
+
+    def describe(self):
+        rate = (f'fixed drop rate {self.core.fixed_rate:g}' if self.core.fixed_rate is not None
+                else f'p_init {self.core.p_init:g}, temperature {self.core.temperature:g}')
+        return f'{len(self.core.gated)} gates; {rate}, N {self.core.n:g}, l^2 {self.core.l2:.4g}'
+
+    def weight_parameters(self):
+        # The gated convs and the gates' logits take no weight decay: the regulariser is their prior.
+        return [dict(params=g['params'], weight_decay=g['weight_decay'])
+                for g in self.core.optimizer.param_groups]
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def start_phase(self, kind):
+        self.core.set_candidate(None)
+
+    def before_step(self, kind, i, n):
+        pass
+
+    def regulariser(self, kind):
+        return self.core.regulariser()
+
+    def optimizers(self, kind):
+        return []
+
+    def status(self, kind):
+        ps = [float(x.gate.p().detach()) for x in self.core.gated]
+        return f'  mean p {sum(ps) / max(len(ps), 1):.3f}'
+
+    def end_phase(self, kind, epoch, data, step):
+        """After the last epoch: draw and score the candidates; the gate table beside them."""
+        args = self.args
+        utils.write_text_atomic(self.run.file('gates.json'), json.dumps(self.core.gate_table(), indent=1) + '\n')
+        if epoch + 1 < args.epochs:
+            return None
+        data['valid'].set_epoch(0)
+        batches = list(itertools.islice(data['valid'], args.valid_batches))
+        tic = time.time()
+        results = self.core.sample(batches, args.candidates, args.seed)
+        self.best = best(results)
+        doc = dict(best=self.best['candidate'],
+                   candidates=[dict(r, genotype=json.loads(genotypes.json_text(r['genotype']))) for r in results])
+        utils.write_text_atomic(self.run.file('candidates.json'), json.dumps(doc, indent=1) + '\n')
+        accuracies = sorted(r['accuracy'] for r in results)
+        self.run.log(f'{len(results)} candidates scored on {sum(len(y) for _, y in batches)} validation '
+                     f'images in {utils.format_time(time.time() - tic)}: best {accuracies[-1]:.2f}%, median '
+                     f'{accuracies[len(accuracies) // 2]:.2f}% (candidate {self.best["candidate"]})')
+        self.run.metric(phase='sample', step=step, best_valid_acc=accuracies[-1],
+                        median_valid_acc=accuracies[len(accuracies) // 2])
+        return dict(candidates=len(results), best=self.best['candidate'], best_valid_acc=accuracies[-1])
+
+    def genotype(self):
+        if self.best is None:           # a finished run resumed: its candidates are on disk
+            doc = json.loads(Path(self.run.file('candidates.json')).read_text())
+            winner = doc['candidates'][doc['best']]
+            masks = draw_candidate(self.core.gated, self.args.seed, winner['candidate'])
+            self.best = dict(winner, genotype=self.core.genotype(masks))
+        return self.best['genotype'], f'derived by search.py --method pgnas, candidate {self.best["candidate"]}'

@@ -22,7 +22,8 @@ defaults(args, space), rules(args), parts(args) (its split of the training set),
 steps(args, data), phase_name(kind, epoch), and a class that builds the supernet and holds the method's
 state: describe(), weight_parameters(), state_dict() / load_state_dict(), start_phase(kind),
 before_step(kind, i, n), regulariser(kind) (a term added to the loss, or None), optimizers(kind),
-status(kind), end_phase(kind, epoch, data, step) and genotype(). Sample-based methods on a benchmark table (--method bonas, random_search, rea) run in
+status(kind), end_phase(kind, epoch, data, step) and genotype(), built as Method(args, space, device,
+run, data). Sample-based methods on a benchmark table (--method bonas, random_search, rea) run in
 tabular.py, which takes their flags.
 
 Run directory (--save, default runs/search-TIME): log.txt, args.json, metrics.jsonl, checkpoint.pt
@@ -53,7 +54,7 @@ import utils
 # ----------------------------------------------------------------------------------------------------
 
 # Registering a supernet method is one line: its name and the module that holds it.
-METHODS = {'bayesnas': 'bayesnas'}
+METHODS = {'bayesnas': 'bayesnas', 'pgnas': 'pgnas'}
 
 
 def method_module(name):
@@ -74,8 +75,8 @@ def build_parser(method='bayesnas'):
     p = utils.Parser('search.py', description='Search a cell with a supernet method (default: BayesNAS) '
                                               'or a sample-based one (see the module docstring).')
     p.add_argument('--method', choices=tuple(METHODS) + tabular.METHODS, default='bayesnas',
-                   help='bayesnas (default; bayesnas.py), or a sample-based method on a benchmark table '
-                        '(tabular.py, whose flags it then takes: --oracle FILE, --queries N, ...)')
+                   help='bayesnas (default; bayesnas.py), pgnas (pgnas.py), or a sample-based method on a '
+                        'benchmark table (tabular.py, whose flags it then takes: --oracle FILE, --queries N, ...)')
     p.add_argument('--space', choices=spaces.NAMES, default='darts', help="search space: DARTS's cells "
                    "(default), NAS-Bench-201's, or the proxyless space's tree cells in the retrained "
                    'PyramidNet itself (spaces.py)')
@@ -208,14 +209,14 @@ def passes(batches, first, n):
 class Search:
     """Everything a checkpoint holds, and the steps of the run."""
 
-    def __init__(self, args, device, run, steps_in):
+    def __init__(self, args, device, run, steps_in, data=None):
         self.args, self.device, self.run = args, device, run
         self.steps_in = steps_in            # batches per epoch of each kind of phase
         self.cuda = device.type == 'cuda'
         utils.set_seed(args.seed)
         self.space = spaces.get(args.space)
         self.module = method_module(args.method)
-        self.method = self.module.Method(args, self.space, device, run)
+        self.method = self.module.Method(args, self.space, device, run, data)
         self.model = self.method.model
         if self.cuda and args.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -433,7 +434,7 @@ def main(argv=None):
     data = make_data(args, device)          # before the run directory: bad data leaves nothing behind
     run = open_run(args, state)
     module = method_module(args.method)
-    search = Search(args, device, run, module.steps(args, data))
+    search = Search(args, device, run, module.steps(args, data), data)
     if state is not None:
         resume(search, state, run)
         state = None

@@ -23,7 +23,7 @@ class SinglePath:
 
     name = 'single-path'
 
-    def __init__(self, args, space, device, run):
+    def __init__(self, args, space, device, run, data=None):
         self.args, self.run = args, run
         edges = [(op, i, j) for j in range(1, genotypes.NB201_NODES) for i in range(j)
                  for op in genotypes.NB201_CANDIDATES]

@@ -313,3 +313,65 @@ def test_tiny_search_yields_a_valid_cell(space):
     else:
         genotypes.validate(winner)
         genotypes.to_literal(winner)
+
+
+# ----------------------------------------------------------------------------------------------------
+# search.py --method pgnas
+# ----------------------------------------------------------------------------------------------------
+
+PGNAS_TINY = ['--method', 'pgnas', '--layers', '1', '--init_channels', '4', '--batch_size', '8',
+              '--valid_portion', '0.25', '--candidates', '4', '--valid_batches', '2', '--report_freq', '4',
+              '--seed', '2']
+
+
+@pytest.mark.parametrize('space, layers', [('nb201', '1'), ('darts', '3')])
+def test_search_py_method_pgnas_writes_a_valid_cell_and_resumes_exactly(space, layers, small_cifar, tmp_path,
+                                                                         monkeypatch):
+    import json
+    import search
+    data = str(small_cifar(16, 10))             # 80 images: 20 held out, 60 to train on
+    argv = ['--data', data, '--space', space, '--epochs', '2'] + PGNAS_TINY
+    argv[argv.index('--layers') + 1] = layers
+    whole = search.main(argv + ['--save', str(tmp_path / 'whole')])
+    run = tmp_path / 'whole'
+    doc = json.loads((run / 'candidates.json').read_text())
+    assert len(doc['candidates']) == 4 and 0 <= doc['best'] < 4
+    assert max(c['accuracy'] for c in doc['candidates']) == doc['candidates'][doc['best']]['accuracy']
+    gates = json.loads((run / 'gates.json').read_text())
+    assert gates and all(0 < g['p'] < 1 for g in gates)
+    if space == 'nb201':
+        assert genotypes.nb201_edges(whole['genotype'])
+    else:
+        genotypes.validate(whole['genotype'])
+    assert 'PGNAS search in the' in (run / 'log.txt').read_text()
+
+    original, count = search.Search.train_step, [0]
+
+    def cut(self, x, y, kind):
+        count[0] += 1
+        if count[0] == 10:
+            raise KeyboardInterrupt
+        return original(self, x, y, kind)
+    monkeypatch.setattr(search.Search, 'train_step', cut)
+    with pytest.raises(KeyboardInterrupt):
+        search.main(argv + ['--save', str(tmp_path / 'cut'), '--checkpoint_freq', '3'])
+    monkeypatch.undo()
+    resumed = search.main(['--save', str(tmp_path / 'cut'), '--resume'])
+    a = torch.load(run / 'checkpoint.pt', weights_only=False)
+    b = torch.load(tmp_path / 'cut' / 'checkpoint.pt', weights_only=False)
+    for k, v in a['model'].items():
+        assert torch.equal(v, b['model'][k]), k
+    assert resumed['genotype'] == whole['genotype']
+    assert (tmp_path / 'cut' / 'candidates.json').read_text() == (run / 'candidates.json').read_text()
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--space', 'proxyless'], '--method pgnas searches the nb201 and darts spaces, not proxyless'),
+    (['--candidates', '0'], '--candidates must be at least 1, got 0'),
+    (['--fixed_rate', '1'], r'--fixed_rate must be in \(0, 1\), got 1.0'),
+    (['--lambda', '0.1'], 'unrecognized arguments: --lambda'),
+])
+def test_search_py_method_pgnas_refuses_bad_flags_in_one_line(argv, message, tmp_path):
+    import search
+    with pytest.raises(utils.UserError, match=message):
+        search.main(['--save', str(tmp_path / 'r'), '--space', 'nb201'] + PGNAS_TINY + argv)
