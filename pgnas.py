@@ -42,9 +42,13 @@ Where this departs from the paper, and why:
   * l^2 by default makes the coupled term's gradient at p_init equal the harness's weight decay (the
     paper grid-searches l and says a good one lands in the usual weight-decay range).
 
-Interface (provisional, not yet a search.py method): PGNAS(args, space_name, device); build_model(C, layers,
-classes); train_step(x, y); sample(val_batches, candidates, seed); gate_table(); state_dict() /
-load_state_dict(). The supernets reuse model_search's cells built without BayesNAS switches.
+    python search.py --method pgnas --space nb201 --benchmark TABLE.csv   # a NAS-Bench-201 cell
+    python search.py --method pgnas --space nb201 --fixed_rate 0.1       # the fixed-rate control
+
+The core (the PGNAS class: gates, regulariser, candidates) is independent of search.py; Method, at the
+end of the file, is what the harness builds. The supernets reuse model_search's cells built without
+BayesNAS switches, and a hard candidate is a cell gate (model_search.set_gate): the ops it drops are
+not computed.
 """
 import itertools
 import json
