@@ -19,9 +19,13 @@ sampled the same way (PGNAS(args with pgnas_fixed_rate=p)).
 
 Where this departs from the paper, and why:
   * parameter-free ops (pools, the stride-1 identity) have no kernel to gate, and the paper cannot
-    select them; NAS-Bench-201 and DARTS cells need them, so each gets one op-level concrete gate (one
-    Bernoulli variable per sample: the whole op is kept or dropped), with the entropy term of that one
-    variable and no L2 term. 'none' is not in the supernet: it adds zeros and has nothing to gate;
+    select them; NAS-Bench-201 and DARTS cells need them. By default (free_ops='carrier') each gets the
+    carrier its authors suggest: a 1x1 conv after the op, initialised to the identity, whose input
+    channels are gated and whose weights take the coupled L2 term like any gated conv, so that keeping
+    a parameter-free op's gate meets the pressure a conv's does. free_ops='gate' instead gives it one op-level
+    concrete gate (the whole op kept or dropped, the entropy of that one variable, no L2 term): with
+    nothing pulling its p up, such an op is kept where convs are dropped. 'none' is not in the
+    supernet: it adds zeros and has nothing to gate;
   * a conv op is gated on its input channels, i.e. on the input channels of its first convolution(s)
     (the depthwise conv of SepConv / DilConv, both convs of FactorizedReduce); the convs inside an op
     are not gated and, with the rest of the network (stem, preprocessing, BN, classifier), take the
@@ -69,6 +73,9 @@ from operations import FactorizedReduce
 # training-set size (augmentation); PRESENT: the kept fraction at which an op counts as in a candidate.
 P_INIT, TEMPERATURE, DATA_FACTOR = 0.1, 0.2, 10
 PRESENT = 0.5
+# How a parameter-free op is gated (GatedOp): through a 1x1 carrier conv, or as a whole.
+FREE_OPS_CHOICES = ('carrier', 'gate')
+FREE_OPS = 'carrier'
 _EPS = 1e-6
 
 
@@ -138,19 +145,31 @@ def input_convs(op):
 
 
 class GatedOp(nn.Module):
-    """A candidate op behind a concrete gate on its input: per channel for an op with convolutions,
-    one for the whole op otherwise."""
+    """A candidate op behind a concrete gate on its input: per channel for an op with convolutions.
+    A parameter-free op (pool, identity) gets, by free_ops, either a carrier (a 1x1 convolution after
+    it, initialised to the identity, whose input channels the gate drops and whose weights take the
+    coupled L2 term, as the paper's authors suggest) or one op-level gate ('gate': the whole op kept
+    or dropped, no L2 term)."""
 
-    def __init__(self, op, C, p=P_INIT, temperature=TEMPERATURE, learn=True):
+    def __init__(self, op, C, p=P_INIT, temperature=TEMPERATURE, learn=True, free_ops=FREE_OPS):
         super().__init__()
         self.op = op
         convs = input_convs(op)
-        # A plain list: the convs are already submodules of op, and the regulariser reads their weights.
+        self.carrier = None
+        if not convs and free_ops == 'carrier':
+            self.carrier = nn.Conv2d(C, C, 1, bias=False)
+            with torch.no_grad():
+                self.carrier.weight.copy_(torch.eye(C).view(C, C, 1, 1))
+            convs = [self.carrier]
+        # A plain list: the convs are already submodules, and the regulariser reads their weights.
         self.convs = convs
         self.gate = ConcreteGate(C if convs else 1, p, temperature, learn)
 
     def forward(self, x):
-        return self.op(self.gate(x))
+        # A pool or the identity acts on each channel alone, so gating its input is gating the
+        # carrier's input channels.
+        out = self.op(self.gate(x))
+        return out if self.carrier is None else self.carrier(out)
 
 
 class Gated:
@@ -166,7 +185,7 @@ class Gated:
         return self.module.gate
 
 
-def gate_cells(cells, p=P_INIT, temperature=TEMPERATURE, learn=True):
+def gate_cells(cells, p=P_INIT, temperature=TEMPERATURE, learn=True, free_ops=FREE_OPS):
     """Wrap every op of every edge of the cells (model_search.Cell, built without switches) in a GatedOp,
     in place; returns the Gated list in cell, edge, op order. 'none' ops stay ungated."""
     gated = []
@@ -176,7 +195,7 @@ def gate_cells(cells, p=P_INIT, temperature=TEMPERATURE, learn=True):
             for k, name in enumerate(edge.names):
                 if name == 'none':
                     continue
-                edge.ops[k] = GatedOp(edge.ops[k], cell.C, p, temperature, learn)
+                edge.ops[k] = GatedOp(edge.ops[k], cell.C, p, temperature, learn, free_ops)
                 gated.append(Gated(i, cell_type, edge.src, edge.dst, name, k, edge.ops[k]))
     return gated
 
@@ -365,12 +384,15 @@ class PGNAS:
         self.n = _arg(args, 'pgnas_n', DATA_FACTOR * _arg(args, 'train_size', 0))
         self.l2 = _arg(args, 'pgnas_l2', args.weight_decay * self.n / (2 * (1 - self.p_init)))
         self.bn = _arg(args, 'pgnas_bn', 'batch')
+        self.free_ops = _arg(args, 'pgnas_free_ops', FREE_OPS)
         for ok, message in (
                 (0 < self.p_init < 1, f'the drop probability must be in (0, 1), got {self.p_init}'),
                 (self.temperature > 0, f'the temperature must be positive, got {self.temperature}'),
                 (self.n > 0, f'N (pgnas_n, or train_size) must be positive, got {self.n}'),
                 (self.l2 >= 0, f'l^2 (pgnas_l2) must be at least 0, got {self.l2}'),
-                (self.bn in ('batch', 'running'), f"pgnas_bn must be 'batch' or 'running', got {self.bn!r}")):
+                (self.bn in ('batch', 'running'), f"pgnas_bn must be 'batch' or 'running', got {self.bn!r}"),
+                (self.free_ops in FREE_OPS_CHOICES,
+                 f'pgnas_free_ops must be one of {", ".join(FREE_OPS_CHOICES)}, got {self.free_ops!r}')):
             if not ok:
                 raise ValueError(message)
         self.model = self.optimizer = None
@@ -380,7 +402,7 @@ class PGNAS:
 
     def build_model(self, C, layers, classes):
         model = SUPERNETS[self.space](C, layers, classes)
-        self.gated = gate_cells(model.cells, self.p_init, self.temperature, learn=self.fixed_rate is None)
+        self.gated = gate_cells(model.cells, self.p_init, self.temperature, self.fixed_rate is None, self.free_ops)
         self.model = model.to(self.device)
         # The gated convs' L2 is the regulariser's (coupled to p): no weight decay on them; the gates'
         # logits none either (their prior is the entropy term).
@@ -519,6 +541,10 @@ def add_flags(p):
                    f'regulariser, in training images ({DATA_FACTOR}: the paper counts augmentation)')
     g.add_argument('--fixed_rate', dest='pgnas_fixed_rate', type=float, default=None, help="the paper's "
                    'control: every gate at this drop probability, not learnt, sampled the same way')
+    g.add_argument('--free_ops', dest='pgnas_free_ops', choices=FREE_OPS_CHOICES, default=FREE_OPS,
+                   help="how a parameter-free op (pool, identity) is gated: 'carrier', a 1x1 conv after it "
+                   "whose input channels are gated, as the paper's authors suggest, or 'gate', one gate for "
+                   f"the whole op without an L2 term ({FREE_OPS})")
     g.add_argument('--bn', dest='pgnas_bn', choices=('batch', 'running'), default='batch',
                    help="BatchNorm statistics when a candidate is scored ('batch', as Bender et al.)")
 

@@ -85,7 +85,7 @@ def logit_grads(term, method):
 
 
 def test_l2_part_raises_p_more_strongly_the_larger_the_weights():
-    method = tiny('nb201')
+    method = tiny('nb201', pgnas_free_ops='gate')
     convs = [i for i, x in enumerate(method.gated) if x.module.convs]
     free = [i for i, x in enumerate(method.gated) if not x.module.convs]
     assert convs and free
@@ -136,20 +136,51 @@ def test_regulariser_value_matches_the_formula():
     assert float(method.regulariser()) == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.parametrize('space', ['nb201', 'darts'])
+def test_a_carrier_starts_as_the_op_and_takes_the_coupled_l2(space):
+    method = tiny(space)                    # free_ops='carrier', the default
+    carried = [x for x in method.gated if x.module.carrier is not None]
+    names = {x.name for x in carried}
+    assert names == ({'skip_connect', 'avg_pool_3x3'} if space == 'nb201'
+                     else {'skip_connect', 'max_pool_3x3', 'avg_pool_3x3'})
+    assert all(x.module.convs == [x.module.carrier] and x.gate.units == x.module.carrier.in_channels
+               for x in carried)
+    # Initialised to the identity: with every channel kept, the gated op computes the op itself.
+    x = carried[0]
+    x.gate.hard = torch.ones(x.gate.units)
+    inp = torch.randn(2, x.gate.units, 6, 6)
+    assert torch.allclose(x.module(inp), x.module.op(inp), atol=1e-6)
+    x.gate.hard = None
+    # Its gate's logit feels the L2 term (an SGD step raises p), and its weights take no weight decay.
+    (g,) = torch.autograd.grad(pgnas.l2_term([x], method.l2, method.n), [x.gate.logit])
+    assert float(g) < 0
+    no_decay = {id(t) for group in method.optimizer.param_groups if group['weight_decay'] == 0
+                for t in group['params']}
+    assert id(x.module.carrier.weight) in no_decay
+
+
 # ----------------------------------------------------------------------------------------------------
 # Hard candidates
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('space', ['nb201', 'darts'])
-def test_hard_candidate_equals_the_network_with_those_inputs_zeroed(space):
-    method = tiny(space)
+@pytest.mark.parametrize('space,free_ops', [('nb201', 'gate'), ('darts', 'gate'), ('nb201', 'carrier'),
+                                            ('darts', 'carrier')])
+def test_hard_candidate_equals_the_network_with_those_inputs_zeroed(space, free_ops):
+    method = tiny(space, pgnas_free_ops=free_ops)
     masks = pgnas.draw_candidate(method.gated, seed=3, index=0)
-    # Make sure the candidate drops something of each kind: channels of a conv, and a whole op.
-    conv = next(i for i, x in enumerate(method.gated) if x.module.convs)
-    free = next(i for i, x in enumerate(method.gated) if not x.module.convs)
+    # Make sure the candidate drops something of each kind: channels of a conv (of a carrier too), and
+    # a whole op.
+    conv = next(i for i, x in enumerate(method.gated) if x.module.convs and x.module.carrier is None)
+    free = next(i for i, x in enumerate(method.gated) if x.name in ('skip_connect', 'avg_pool_3x3')
+                and x.cell_type == 'normal')
     masks[conv][:] = 1
     masks[conv][:2] = 0
     masks[free][:] = 0
+    carried = [i for i, x in enumerate(method.gated) if x.module.carrier is not None]
+    assert bool(carried) == (free_ops == 'carrier')
+    if carried:
+        masks[carried[-1]][:] = 1
+        masks[carried[-1]][1] = 0
     x, _ = random_batch(seed=1)
     method.model.eval()
     method.set_candidate(masks)
@@ -257,7 +288,7 @@ def test_fixed_rate_control_keeps_p_fixed_and_learned_gates_move():
 def test_bad_settings_are_one_line_errors():
     for kw, text in ((dict(pgnas_p_init=1.5), 'drop probability'), (dict(pgnas_temperature=0), 'temperature'),
                      (dict(train_size=0), 'N (pgnas_n'), (dict(pgnas_l2=-1.), 'l^2'),
-                     (dict(pgnas_bn='x'), 'pgnas_bn')):
+                     (dict(pgnas_bn='x'), 'pgnas_bn'), (dict(pgnas_free_ops='x'), 'pgnas_free_ops')):
         with pytest.raises(ValueError, match=text.replace('(', r'\(').replace('^', r'\^')) as e:
             pgnas.PGNAS(make_args(**kw), 'nb201', 'cpu')
         assert '\n' not in str(e.value)
@@ -267,9 +298,9 @@ def test_bad_settings_are_one_line_errors():
 
 def test_state_dict_round_trip_and_gate_table():
     x, y = random_batch(seed=5)
-    a = tiny('nb201')
+    a = tiny('nb201', pgnas_free_ops='gate')
     a.train_step(x, y)
-    b = tiny('nb201')
+    b = tiny('nb201', pgnas_free_ops='gate')
     buffer = io.BytesIO()             # through bytes, as a checkpoint: no tensor shared with a
     torch.save(a.state_dict(), buffer)
     buffer.seek(0)
