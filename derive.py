@@ -619,7 +619,7 @@ def plot_genotype(genotype, out_dir):
     space = spaces.space_of(genotype)
     figures = {}
     for file, cell_type, title in space.pictures:
-        cell = spaces.cell_of(space, genotype, cell_type)
+        cell = space.cell(genotype, cell_type)
         if cell is not None:        # a proxyless network may have fewer stages
             figures[cell_type] = plot_cell(*cell, Path(out_dir) / file, title, space.inputs)
     return figures

@@ -18,11 +18,10 @@ import json
 from pathlib import Path
 
 import genotypes
+import spaces
 import utils
 
 CELL_TYPES = ('normal', 'reduce')
-EDGES = {'darts': [(s, d) for d in range(2, 6) for s in range(d)],
-         'nb201': [(s, d) for d in range(1, genotypes.NB201_NODES) for s in range(d)]}
 
 
 def read_genotype(run):
@@ -34,16 +33,16 @@ def read_genotype(run):
         space, genotype = genotypes.load_file(path)
     except ValueError as e:
         raise utils.UserError(str(e)) from e
-    if space not in EDGES:
-        raise utils.UserError(f'{run} is a {space} search; stability.py compares darts and nb201 searches')
+    space = spaces.get(space)
+    if space.cell_types is None:
+        raise utils.UserError(f'{run} is a {space.name} search, whose blocks each have their own cells; '
+                              f'stability.py compares searches of spaces with one cell per type')
     return space, genotype
 
 
 def kept_set(run):
     space, g = read_genotype(run)
-    if space == 'nb201':
-        return {('normal', op, s, d) for op, s, d in genotypes.nb201_cell(g)}
-    return {(t, op, s, d) for t in CELL_TYPES for op, s, d in genotypes.cell_edges(getattr(g, t))}
+    return {(t, op, s, d) for t in space.cell_types for op, s, d in space.cell(g, t)[0]}
 
 
 def template():
@@ -82,12 +81,12 @@ def _summary(run, rows, kept):
                 relevance_vs_curvature=utils.spearman([r['relevance'] for r in relevant], [r['curvature'] for r in relevant]))
 
 
-def edge_survival(sets, space='darts'):
+def edge_survival(sets, space):
     """{cell type: {(src, dst): (runs keeping the edge, True when all of them keep only skip_connect)}}."""
     out = {}
-    for t in CELL_TYPES if space == 'darts' else ('normal',):
+    for t in space.cell_types:
         out[t] = {}
-        for s, d in EDGES[space]:
+        for s, d in space.edges(t):
             kept = [{op for (tt, op, ss, dd) in k if (tt, ss, dd) == (t, s, d)} for k in sets]
             used = [k for k in kept if k]
             out[t][(s, d)] = (len(used), bool(used) and all(k == {'skip_connect'} for k in used))
@@ -98,10 +97,10 @@ def main(argv=None):
     p = utils.Parser('stability.py', description='Compare finished searches (see the module docstring).')
     p.add_argument('runs', nargs='+', help='search run directories')
     args = p.parse_args(argv)
-    found = {space for space, _ in map(read_genotype, args.runs)}
+    found = {space.name: space for space, _ in map(read_genotype, args.runs)}
     if len(found) > 1:
         raise utils.UserError(f'the runs are searches of different spaces ({", ".join(sorted(found))})')
-    space = found.pop()
+    space = found.popitem()[1]
     rows = [summary(r) for r in args.runs]
     sets = [kept_set(r) for r in args.runs]
     for r in rows:
@@ -116,7 +115,7 @@ def main(argv=None):
     pairs = {f'{a} {b}': jaccard(sets[i], sets[j]) for (i, a), (j, b) in itertools.combinations(enumerate(args.runs), 2)}
     for name, value in pairs.items():
         print(f'Jaccard {name}: {value:.2f}')
-    to_template = [jaccard(k, template()) for k in sets] if space == 'darts' else []
+    to_template = [jaccard(k, template()) for k in sets] if space.name == 'darts' else []
     if to_template:
         print('Jaccard with the no-search template: ' + ', '.join(f'{v:.2f}' for v in to_template))
     return dict(runs=rows, survival=survival, jaccard=pairs, template=to_template)

@@ -91,19 +91,6 @@ DATASET_DEFAULTS = {
                      drop_path_prob=0.0, label_smooth=0.1, amp=True),
 }
 
-# NAS-Bench-201's recipe, the one behind its table: CIFAR-10 only, 16 channels and 5 cells per stage.
-SPACE_DEFAULTS = {
-    'darts': {},
-    'nb201': dict(arch=None, epochs=200, batch_size=256, learning_rate=0.1, lr_schedule='cosine',
-                  nesterov=True, weight_decay=5e-4, init_channels=16, layers=5, auxiliary=False, cutout=False,
-                  drop_path_prob=0.0, grad_clip=0.0),
-    # Path-Level EAS's recipe for its tree-cell PyramidNets (the network config fixes width and depth).
-    'proxyless': dict(arch='ProxylessNAS_G', init_channels=None, layers=None, epochs=300, batch_size=64,
-                      learning_rate=0.1, lr_schedule='cosine',
-                      nesterov=True, weight_decay=1e-4, auxiliary=False, cutout=True, drop_path_prob=0.0,
-                      grad_clip=0.0),
-}
-
 # Flags that say where and how fast a run executes, not what it computes: a resumed run may change
 # them. Every other flag of a resumed run comes from its checkpoint.
 RUN_FLAGS = {'data', 'gpu', 'report_freq', 'workers', 'amp', 'channels_last', 'download',
@@ -122,11 +109,11 @@ def _default(name):
     else:
         cifar, imagenet = DATASET_DEFAULTS['cifar10'][name], DATASET_DEFAULTS['imagenet'][name]
         text = f'default: {cifar}' if cifar == imagenet else f'default: {cifar} on CIFAR-10, {imagenet} on ImageNet'
-    for space in ('nb201', 'proxyless'):
-        own = SPACE_DEFAULTS[space]
+    for space in spaces.SPACES.values():
+        own = space.train_defaults
         usual = DATASET_DEFAULTS['cifar10'].get(name, COMMON_DEFAULTS.get(name))
         if name in own and name != 'arch' and own[name] is not None and own[name] != usual:
-            text += f'; {own[name]} with --space {space}'
+            text += f'; {own[name]} with --space {space.name}'
     return text
 
 
@@ -206,34 +193,26 @@ def fresh_args(given):
     space = given.get('space', COMMON_DEFAULTS['space'])
     if dataset != 'cifar10' and given.get('cutout'):
         raise utils.UserError('--cutout applies to CIFAR-10 only')
-    if space == 'nb201':
-        if dataset != 'cifar10':
-            raise utils.UserError("--space nb201 trains on CIFAR-10 only (the benchmark's other data sets "
-                                  "are not supported)")
-        if given.get('auxiliary'):
-            raise utils.UserError('--auxiliary: the NAS-Bench-201 network has no auxiliary head')
-        if 'arch' not in given and 'genotype' not in given:
-            raise utils.UserError("--space nb201 needs --arch '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|' or "
-                                  "--genotype RUN/genotype.json")
-    if space == 'proxyless':
-        if dataset != 'cifar10':
-            raise utils.UserError('--space proxyless trains on CIFAR-10 only (its networks are CIFAR-10 '
-                                  'PyramidNets)')
-        for flag in ('init_channels', 'layers', 'auxiliary'):
-            if flag in given:
-                raise utils.UserError(f'--{flag} does not apply to --space proxyless: the network config '
-                                      f'fixes widths and depth, and there is no auxiliary head')
-    args = {**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **SPACE_DEFAULTS[space], **given}
+    try:
+        spaces.get(space).check_train(given, dataset)
+    except ValueError as e:
+        raise utils.UserError(str(e)) from e
+    args = {**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **spaces.get(space).train_defaults, **given}
     if 'genotype' in given:
         args['arch'] = None     # so that args.json names the cell that was trained
     return args
+
+
+def _space_defaults(name):
+    """train.py's defaults of a stored run's space ({} for a space this version does not know)."""
+    return spaces.SPACES[name].train_defaults if name in spaces.SPACES else {}
 
 
 def resumed_args(stored, given):
     """The configuration of a resumed run: the checkpoint's, with only RUN_FLAGS changeable."""
     dataset = stored.get('dataset', COMMON_DEFAULTS['dataset'])
     space = stored.get('space', COMMON_DEFAULTS['space'])
-    defaults = {**COMMON_DEFAULTS, **DATASET_DEFAULTS.get(dataset, {}), **SPACE_DEFAULTS.get(space, {})}
+    defaults = {**COMMON_DEFAULTS, **DATASET_DEFAULTS.get(dataset, {}), **_space_defaults(space)}
     return utils.resumed_args(build_parser(), stored, given, RUN_FLAGS, defaults)
 
 
@@ -253,13 +232,7 @@ def check_args(a, world):
         (0 <= a.weight_decay < math.inf, f'--weight_decay must be >= 0 and finite, got {a.weight_decay}'),
         (0 < a.gamma <= 1, f'--gamma must be in (0, 1], got {a.gamma}'),
         (a.decay_period >= 1, f'--decay_period must be at least 1, got {a.decay_period}'),
-        (a.space == 'proxyless' or a.init_channels >= 2 and a.init_channels % 2 == 0
-         or a.space == 'nb201' and a.init_channels >= 1,
-         f'--init_channels must be even and positive (factorized reductions split it in two halves), '
-         f'got {a.init_channels}'),
-        (a.space == 'proxyless' or a.layers >= 3 or a.space == 'nb201' and a.layers >= 1,
-         f'--layers must be at least 3 (two of them are reduction cells), got {a.layers}'
-         if a.space == 'darts' else f'--layers (cells per stage) must be at least 1, got {a.layers}'),
+        *spaces.get(a.space).train_rules(a),
         (0 <= a.auxiliary_weight < math.inf, f'--auxiliary_weight must be >= 0 and finite, got '
                                              f'{a.auxiliary_weight}'),
         (a.cutout_length >= 1, f'--cutout_length must be at least 1, got {a.cutout_length}'),
@@ -372,7 +345,7 @@ def load_genotype(args):
         if args.genotype:
             path = Path(args.genotype)
             return space.read(path), path.parent.name or path.stem
-        return space.named(args.arch), 'nb201' if args.space == 'nb201' else args.arch
+        return space.named(args.arch), space.run_name(args.arch)
     except ValueError as e:
         raise utils.UserError(str(e)) from e
 
@@ -671,13 +644,8 @@ def train(given, device, job):
     net = net.to(device)
     params = utils.count_params(net)
     macs = utils.count_macs(net, input_shape(config['dataset']))
-    if config.get('space') == 'proxyless':
-        run.log(f'network: {spaces.describe(genotype)}')
-        shape = 'PyramidTreeNet'
-    else:
-        cells = f'{config["layers"]} cells' + (' per stage' if config.get('space') == 'nb201' else '')
-        run.log(f'network: {genotype if isinstance(genotype, str) else genotypes.to_literal(genotype, "Retrained")}')
-        shape = f'{cells}, {config["init_channels"]} channels'
+    line, shape = spaces.get(config.get('space', 'darts')).network_line(config, genotype)
+    run.log(f'network: {line}')
     run.log(f'{config["dataset"]}: {shape}, '
             f'{params / 1e6:.3f}M parameters (auxiliary head excluded), {macs / 1e6:.1f}M '
             f'multiply-adds per image')
@@ -761,7 +729,7 @@ def eval_only(given, device, job):
         raise utils.UserError(f'{given["eval_only"]} names an unknown data set {dataset!r}')
     data, source = eval_data_path(given, state, dataset)
     space = config.get('space', 'darts')
-    args = argparse.Namespace(**{**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **SPACE_DEFAULTS.get(space, {}),
+    args = argparse.Namespace(**{**COMMON_DEFAULTS, **DATASET_DEFAULTS[dataset], **_space_defaults(space),
                                  **given, 'space': space, 'dataset': dataset, 'data': data})
     check_args(args, job.world)
     _, net = build_network(config)
