@@ -415,7 +415,7 @@ def ops_left(live):
             f'({min(counts)}-{max(counts)} per cell)')
 
 
-def count_live_ops(rows, cell_types=derive.CELL_TYPES):
+def count_live_ops(rows, cell_types):
     """Unpruned op groups per cell type (of a tied search; untied: summed over cells)."""
     out = {k: 0 for t in cell_types for k in (t, t + '_total')}
     for row in rows:
@@ -457,7 +457,7 @@ def write_gamma(method, iteration):
         for line in rescue_empty_cells(doc):
             method.run.log(line)
     utils.write_text_atomic(method.run.file('gamma.json'), json.dumps(doc, indent=1) + '\n')
-    derive.plot_gamma(rows, method.run.file('gamma.png'), args.threshold, method.space)
+    derive.plot_gamma(rows, method.run.file('gamma.png'), args.threshold, space=method.space)
     return doc
 
 

@@ -194,7 +194,7 @@ def bench_curvature(cfg, device, data=None):
     s.method.prior.update(curv[s.args.hessian], rule=s.args.update)
     rows = bayesnas.gamma_rows(s.model, s.method.prior)
     threshold = sorted(r['gamma'] for r in rows)[len(rows) // 2]
-    result['derive_s'] = timed(lambda: derive.derive_from_table(rows, threshold=threshold), device, 1,
+    result['derive_s'] = timed(lambda: derive.derive_from_table(rows, threshold=threshold, space=s.space), device, 1,
                                cfg['repeats'])
     return result
 

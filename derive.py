@@ -51,9 +51,6 @@ import genotypes
 import spaces
 import utils
 
-DARTS = spaces.SPACES['darts']
-CELL_TYPES = DARTS.cell_types
-INPUTS = DARTS.inputs
 
 
 def outputs(space):
@@ -146,7 +143,7 @@ def _position(row, space):
     return cell_type, src, dst, op
 
 
-def cell_types(rows, space=DARTS):
+def cell_types(rows, space):
     """The space's cell types, or where the network names its cells (proxyless), those of the rows in
     their order."""
     if space.cell_types is not None:
@@ -154,7 +151,7 @@ def cell_types(rows, space=DARTS):
     return tuple(dict.fromkeys(row.get('cell_type', str(row.get('key')).split('/')[0]) for row in rows))
 
 
-def cell_tables(rows, space=DARTS):
+def cell_tables(rows, space):
     """{cell_type: {(src, dst): {'gamma': g, 'pruned': p, 'ops': {op: {'gamma': g, 'pruned': p}}}}}, each
     entry with the row's 'relevance' and 'removal' too where the table records them.
 
@@ -229,7 +226,7 @@ def _topk_choice(candidates, k, space, select):
     return [(src, op) for _, src, op in strongest[:k]]
 
 
-def derive_cell(edges, cell_type, threshold=None, topk=None, space=DARTS, select='gamma'):
+def derive_cell(edges, cell_type, threshold=None, topk=None, *, space, select='gamma'):
     """Kept (op, src, dst) edges and the concat of one cell, visiting nodes in order so that only
     edges out of live nodes are considered, then keeping only what reaches the cell's output nodes;
     ops compete by `select` (_strength). UserError when no output node survives."""
@@ -286,7 +283,7 @@ def _check_rule(threshold, topk):
         raise utils.UserError(f'--topk must be at least 1, got {topk}')
 
 
-def derive_from_table(rows, threshold=None, topk=None, notes=None, space=DARTS, net=None, select='gamma'):
+def derive_from_table(rows, threshold=None, topk=None, notes=None, *, space, net=None, select='gamma'):
     """Genotype from gamma-table rows (gamma.json's "groups" or HardPrior.table()): exactly one of
     threshold (the BayesNAS rule) and topk (the DARTS-comparable rule). A list passed as notes
     receives one line per cell that --topk 2 could not write as DARTS pairs. net: the supernet's
@@ -299,7 +296,7 @@ def derive_from_table(rows, threshold=None, topk=None, notes=None, space=DARTS, 
     tables = cell_tables(rows, space)
     cells = {}
     for cell_type in tables:
-        kept, concat = derive_cell(tables[cell_type], cell_type, threshold, topk, space, select)
+        kept, concat = derive_cell(tables[cell_type], cell_type, threshold, topk, space=space, select=select)
         nodes = sorted({dst for _, dst in tables[cell_type]})
         pairs = _as_pairs(kept, nodes) if topk == 2 else None
         if topk == 2 and pairs is None and notes is not None:
@@ -578,7 +575,7 @@ def _fit(fig, ax, pos, labels, concat, scale):
     ax.set_ylim(bottom, top)
 
 
-def plot_cell(cell, concat, path, title, inputs=INPUTS):
+def plot_cell(cell, concat, path, title, inputs):
     """Draw one cell (DARTS pairs or triples) and save it to path (None: do not save); returns the
     Figure. One arrow per edge, labelled with all of its operations; nodes numbered as in the
     genotype; the figure grows with its labels until none overlaps another or a node."""
@@ -625,7 +622,7 @@ def plot_genotype(genotype, out_dir):
     return figures
 
 
-def plot_gamma(rows, path, threshold=None, space=DARTS):
+def plot_gamma(rows, path, threshold=None, *, space):
     """Heat map of log10(gamma) per edge (rows) and switch (columns: the edge switch, then each
     operation), one panel per cell type; pruned switches are grey with an x."""
     import numpy as np

@@ -8,8 +8,11 @@ import pytest
 
 import derive
 import genotypes
+import spaces
 from genotypes import CANDIDATES
 from model_search import NetworkCIFAR
+
+DARTS = spaces.get('darts')
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGES = [(i, j) for j in range(2, 6) for i in range(j)]
@@ -59,7 +62,7 @@ def test_threshold_keeps_every_op_above_it_any_number_per_edge():
     cell = {(0, 2, 'sep_conv_3x3'): 0.9, (0, 2, 'skip_connect'): 0.5, (0, 2, 'max_pool_3x3'): 0.05,
             (1, 3, 'avg_pool_3x3'): 0.3, (2, 3, 'dil_conv_5x5'): 0.2, (0, 4, 'sep_conv_5x5'): 0.7,
             (3, 5, 'skip_connect'): 0.4, (1, 5, 'max_pool_3x3'): 0.09}
-    g = derive.derive_from_table(table(both(cell)), threshold=0.1)
+    g = derive.derive_from_table(table(both(cell)), threshold=0.1, space=DARTS)
     want = sorted([('sep_conv_3x3', 0, 2), ('skip_connect', 0, 2), ('avg_pool_3x3', 1, 3),
                    ('dil_conv_5x5', 2, 3), ('sep_conv_5x5', 0, 4), ('skip_connect', 3, 5)],
                   key=lambda e: (e[2], e[1], e[0]))
@@ -68,14 +71,14 @@ def test_threshold_keeps_every_op_above_it_any_number_per_edge():
     genotypes.validate(g)
     builds(g)
     # A lower threshold takes in the weaker ops too.
-    g = derive.derive_from_table(table(both(cell)), threshold=0.01)
+    g = derive.derive_from_table(table(both(cell)), threshold=0.01, space=DARTS)
     assert ('max_pool_3x3', 0, 2) in g.normal and ('max_pool_3x3', 1, 5) in g.normal
 
 
 def test_an_edge_below_the_threshold_takes_its_ops_with_it():
     cell = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 2, 'skip_connect'): 0.8, (1, 3, 'sep_conv_3x3'): 0.5}
     edges = {(t, 1, 2): 0.05 for t in ('normal', 'reduce')}        # strong op, weak edge
-    g = derive.derive_from_table(table(both(cell), edges=edges), threshold=0.1)
+    g = derive.derive_from_table(table(both(cell), edges=edges), threshold=0.1, space=DARTS)
     assert g.normal == [('sep_conv_3x3', 0, 2), ('sep_conv_3x3', 1, 3)]
 
 
@@ -83,7 +86,7 @@ def test_a_dead_node_loses_its_outgoing_edges_and_leaves_the_concat():
     # Node 3 has only a weak input; its strong outgoing edges 3->4 and 3->5 must go with it.
     cell = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 3, 'skip_connect'): 0.01, (3, 4, 'sep_conv_5x5'): 0.9,
             (3, 5, 'max_pool_3x3'): 0.9, (2, 5, 'avg_pool_3x3'): 0.4}
-    g = derive.derive_from_table(table(both(cell)), threshold=0.1)
+    g = derive.derive_from_table(table(both(cell)), threshold=0.1, space=DARTS)
     assert g.normal == [('sep_conv_3x3', 0, 2), ('avg_pool_3x3', 2, 5)]
     assert g.normal_concat == [2, 5]
     net = builds(g)
@@ -99,14 +102,14 @@ def test_pruned_rows_never_survive_whatever_their_gamma():
     for row in rows:
         if row['key'] == 'normal/1->2/skip_connect':
             row['pruned'] = True
-    g = derive.derive_from_table(rows, threshold=0.1)
+    g = derive.derive_from_table(rows, threshold=0.1, space=DARTS)
     assert g.normal == [('sep_conv_3x3', 0, 2)] and len(g.reduce) == 2
 
 
 def test_an_empty_cell_is_an_error_not_a_genotype():
     rows = table({('normal', 0, 2, 'sep_conv_3x3'): 0.9, ('reduce', 0, 2, 'sep_conv_3x3'): 0.05})
     with pytest.raises(derive.utils.UserError, match='reduce cell is empty under threshold 0.1'):
-        derive.derive_from_table(rows, threshold=0.1)
+        derive.derive_from_table(rows, threshold=0.1, space=DARTS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -122,7 +125,7 @@ def test_topk_2_gives_darts_pairs_with_the_strongest_op_per_edge():
     # Make sure node 4's two strongest inputs are 3 (sep_conv_5x5) and 1 (skip_connect).
     cell[(3, 4, 'sep_conv_5x5')] = 0.99
     cell[(1, 4, 'skip_connect')] = 0.98
-    g = derive.derive_from_table(table(both(cell)), topk=2)
+    g = derive.derive_from_table(table(both(cell)), topk=2, space=DARTS)
     assert genotypes.cell_form(g.normal) == 'pairs' and len(g.normal) == 8
     assert g.normal[4:6] == [('sep_conv_5x5', 3), ('skip_connect', 1)]        # strongest first
     assert g.normal_concat == [2, 3, 4, 5]
@@ -139,7 +142,7 @@ def test_topk_2_gives_darts_pairs_with_the_strongest_op_per_edge():
 
 def test_topk_with_too_few_live_edges_falls_back_to_triples():
     cell = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 2, 'skip_connect'): 0.8, (2, 3, 'max_pool_3x3'): 0.5}
-    g = derive.derive_from_table(table(both(cell)), topk=2)
+    g = derive.derive_from_table(table(both(cell)), topk=2, space=DARTS)
     assert genotypes.cell_form(g.normal) == 'triples'
     assert g.normal == [('sep_conv_3x3', 0, 2), ('skip_connect', 1, 2), ('max_pool_3x3', 2, 3)]
     assert g.normal_concat == [2, 3]
@@ -156,9 +159,9 @@ def test_untied_rows_are_averaged_over_cells_and_pruned_only_when_pruned_everywh
                          cell_types=('normal',)):
             rows.append(dict(row, key=row['key'].replace('normal', cell), cell_type='normal'))
     rows += table(both({(0, 2, 'avg_pool_3x3'): 0.5}), cell_types=('reduce',))
-    tables = derive.cell_tables(rows)
+    tables = derive.cell_tables(rows, DARTS)
     assert tables['normal'][(0, 2)]['ops']['sep_conv_3x3'] == dict(gamma=0.15, pruned=False)
-    g = derive.derive_from_table(rows, threshold=0.1)
+    g = derive.derive_from_table(rows, threshold=0.1, space=DARTS)
     assert g.normal == [('sep_conv_3x3', 0, 2), ('skip_connect', 1, 3)]
 
 
@@ -179,7 +182,7 @@ def test_untied_rows_are_averaged_over_cells_and_pruned_only_when_pruned_everywh
 ])
 def test_malformed_tables_are_rejected(rows, message):
     with pytest.raises(ValueError, match=message):
-        derive.derive_from_table(rows, threshold=0.1)
+        derive.derive_from_table(rows, threshold=0.1, space=DARTS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -218,7 +221,7 @@ def test_main_writes_genotype_files_and_pictures(tmp_path, capsys):
 
 def test_plot_gamma_draws_a_heat_map(tmp_path):
     rows = table(both({(0, 2, 'sep_conv_3x3'): 0.9, (1, 3, 'skip_connect'): 0.01}))
-    derive.plot_gamma(rows, tmp_path / 'gamma.png', threshold=0.1)
+    derive.plot_gamma(rows, tmp_path / 'gamma.png', threshold=0.1, space=DARTS)
     assert (tmp_path / 'gamma.png').stat().st_size > 10_000
 
 
@@ -374,7 +377,7 @@ def test_topk_2_says_which_nodes_keep_fewer_than_two_inputs(tmp_path, capsys):
     cell = {(0, 2, 'sep_conv_3x3'): 0.9, (1, 2, 'skip_connect'): 0.8, (2, 3, 'max_pool_3x3'): 0.5}
     rows = table({**both(cell), ('reduce', 1, 4, 'avg_pool_3x3'): 0.3})
     notes = []
-    derive.derive_from_table(rows, topk=2, notes=notes)
+    derive.derive_from_table(rows, topk=2, notes=notes, space=DARTS)
     assert notes == [
         '--topk 2 wrote the normal cell as (op, from, to) triples, not DARTS (op, input) pairs: '
         'node 3 has 1 input, node 4 has no inputs, node 5 has no inputs',
@@ -389,7 +392,7 @@ def test_topk_2_says_which_nodes_keep_fewer_than_two_inputs(tmp_path, capsys):
 def test_topk_2_with_two_inputs_everywhere_writes_pairs_and_no_note(tmp_path, capsys):
     cell = {(i, j, 'sep_conv_3x3'): 0.1 * (i + 1) for j in range(2, 6) for i in range(j)}
     notes = []
-    g = derive.derive_from_table(table(both(cell)), topk=2, notes=notes)
+    g = derive.derive_from_table(table(both(cell)), topk=2, notes=notes, space=DARTS)
     assert notes == [] and genotypes.cell_form(g.normal) == 'pairs'
     derive.main([str(write_run(tmp_path, table(both(cell)))), '--topk', '2'])
     assert 'note' not in capsys.readouterr().out
