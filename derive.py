@@ -47,16 +47,12 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+import benchmark
 import genotypes
 import spaces
 import utils
+import visualize
 
-
-
-def outputs(space):
-    """The files a derivation writes in the space."""
-    literal = ('genotype.py',) if space.name == 'darts' else ()
-    return ('genotype.json',) + literal + tuple(file for file, _, _ in space.pictures)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -391,236 +387,8 @@ def derive(doc, threshold=None, topk=None, notes=None, select=None):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Outputs: genotype files and pictures
+# The gamma heat map
 # ----------------------------------------------------------------------------------------------------
-
-def _written(path, write):
-    """write(path); an OSError (disk full, no permission, a folder in the way) becomes one line."""
-    try:
-        write(path)
-    except OSError as e:
-        raise utils.UserError(f'cannot write {path}: {e.strerror or e}') from e
-
-
-def output_dir(out_dir):
-    """out_dir as a Path, created if needed; UserError when it is a file or cannot be created."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise utils.UserError(f'output directory {out_dir} exists and is not a directory')
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise utils.UserError(f'cannot create output directory {out_dir}: {e.strerror or e}') from e
-    return out_dir
-
-
-def write_genotype(genotype, out_dir, note):
-    """genotype.json and, for a DARTS genotype, genotype.py (a comment line, then the literal), each
-    written atomically; returns the line that names the genotype (spaces.describe)."""
-    out_dir = output_dir(out_dir)
-    space = spaces.space_of(genotype)
-    line, text = space.describe(genotype), space.text(genotype)
-    _written(out_dir / 'genotype.json', lambda p: utils.write_text_atomic(p, text))
-    if space.name == 'darts':
-        _written(out_dir / 'genotype.py', lambda p: utils.write_text_atomic(p, f'# {note}\n{line}\n'))
-    return line
-
-
-def save_figure(fig, path, dpi):
-    """The figure as a PNG, atomically, so a reader never finds a torn picture."""
-    _written(Path(path), lambda p: utils.save_figure_atomic(fig, p, dpi=dpi))
-
-
-def _figure(width, height):
-    # A bare Figure renders through the Agg canvas on savefig: no pyplot state, no display needed.
-    from matplotlib.figure import Figure
-    return Figure(figsize=(width, height))
-
-
-# A cell picture is an arc diagram: every node on one line in genotype order (0 c_{k-2}, 1 c_{k-1},
-# 2, 3, ..., then c_{k}), so an edge's arc spans exactly the nodes between its ends and never runs
-# through a node. Edges into intermediate nodes arc above the line, one arrow per edge labelled with
-# all of its operations; the dashed arcs into the output run below it, unlabelled.
-ARC_RAD, OUT_RAD = -0.6, 0.35       # matplotlib arc3 bends: negative bends a rightward arc upwards
-LABEL_FONT, NODE_FONT, TITLE_FONT = 8, 10, 11
-LABEL_PAD, NODE_PAD = 0.25, 0.35    # box padding, in units of the font size (matplotlib's convention)
-DPI = 110
-SPOTS = (0.5, 0.4, 0.6, 0.3, 0.7, 0.22, 0.78)  # where along its arc a label may sit, best first
-TITLE_INCHES = 0.45
-START_SCALE = 1.2                   # inches between neighbouring nodes in the smallest picture
-GROWTH, TRIES = 1.15, 16            # the figure grows until every label finds a clear spot
-
-
-def short_name(op):
-    """'sep_conv_3x3' -> 'sep 3x3', 'max_pool_3x3' -> 'max 3x3', 'skip_connect' -> 'skip': short
-    enough to stack seven of them in one label."""
-    if op == 'skip_connect':
-        return 'skip'
-    words = op.split('_')
-    return ' '.join(words[:1] + [w for w in words[1:] if w not in ('conv', 'pool')])
-
-
-def _edge_labels(edges):
-    """{(src, dst): label}: the edge's operations, one short name per line, repeats counted."""
-    by_edge = defaultdict(list)
-    for op, src, dst in edges:
-        by_edge[(src, dst)].append(op)
-    order = {op: i for i, op in enumerate(genotypes.OPERATIONS)}
-    labels = {}
-    for edge, ops in by_edge.items():
-        counts = {op: ops.count(op) for op in sorted(set(ops), key=lambda o: (order.get(o, len(order)), o))}
-        labels[edge] = '\n'.join(short_name(op) + (f' x{n}' if n > 1 else '') for op, n in counts.items())
-    return labels
-
-
-def _arc_point(a, b, rad, t):
-    """The point at parameter t of matplotlib's arc3 curve from a to b: a quadratic Bezier whose
-    control point lies rad * |ab| to the right of the chord's midpoint. Valid in data coordinates
-    because the cell figure scales x and y alike."""
-    (x0, y0), (x1, y1) = a, b
-    cx, cy = (x0 + x1) / 2 + rad * (y1 - y0), (y0 + y1) / 2 - rad * (x1 - x0)
-    u = 1 - t
-    return u * u * x0 + 2 * u * t * cx + t * t * x1, u * u * y0 + 2 * u * t * cy + t * t * y1
-
-
-def _draw_nodes(ax, pos, fed, inputs):
-    """One boxed name per node, numbered as in the genotype; a node without operations into it
-    (dead) is dashed and grey."""
-    names = {0: '0  $c_{k-2}$', 1: '1  $c_{k-1}$'} if len(inputs) == 2 else {0: '0  $c_{k-1}$'}
-    names['out'] = '$c_{k}$'
-    texts = []
-    for n, (x, y) in pos.items():
-        dead = n not in fed and n not in ('out',) + tuple(inputs)
-        face = 'lightblue' if n in inputs else 'palegoldenrod' if n == 'out' else 'white' if dead else 'lightgray'
-        name = f'{n}\n(dead)' if dead else names.get(n, str(n))
-        texts.append(ax.text(x, y, name, ha='center', va='center', fontsize=NODE_FONT - 2 * dead, zorder=3,
-                             color='0.5' if dead else 'k', bbox=dict(
-                                 boxstyle=f'round,pad={NODE_PAD}', fc=face, ec='0.5' if dead else 'k',
-                                 ls='--' if dead else '-')))
-    return texts
-
-
-def _draw_arcs(ax, pos, labels, concat):
-    """The arrows, coloured by source node so that a label's box matches its arc; returns the label
-    artists (placed later) with the points along their arcs where they may go."""
-    from matplotlib import colormaps
-    from matplotlib.patches import FancyArrowPatch
-    colors = colormaps['tab10']
-    items = []
-    for (src, dst), label in labels.items():
-        color = colors(src % 10)
-        ax.add_patch(FancyArrowPatch(pos[src], pos[dst], connectionstyle=f'arc3,rad={ARC_RAD}', zorder=1,
-                                     arrowstyle='-|>', mutation_scale=13, color=color, lw=1.5,
-                                     shrinkA=11, shrinkB=11))
-        text = ax.text(0, 0, label, fontsize=LABEL_FONT, ha='center', va='center', zorder=4, linespacing=1.15,
-                       bbox=dict(boxstyle=f'round,pad={LABEL_PAD}', fc='white', ec=color, lw=1.0))
-        items.append((text, [_arc_point(pos[src], pos[dst], ARC_RAD, t) for t in SPOTS]))
-    for n in concat:
-        ax.add_patch(FancyArrowPatch(pos[n], pos['out'], connectionstyle=f'arc3,rad={OUT_RAD}', zorder=1,
-                                     arrowstyle='-|>', mutation_scale=11, color='0.55', ls='--', lw=1.1,
-                                     shrinkA=11, shrinkB=11))
-    # The tallest labels first: they need the roomiest spots.
-    return sorted(items, key=lambda item: -item[0].get_text().count('\n'))
-
-
-def _padded(text, renderer, pad):
-    """The display box of a text's (rounded) box: its extent grown by pad font sizes and a pixel."""
-    grow = pad * text.get_fontsize() * text.figure.dpi / 72 + 1
-    return text.get_window_extent(renderer).padded(grow)
-
-
-def _clash(box, others, bounds):
-    """How badly box sits: the area it shares with others plus the area outside bounds (pixels)."""
-    from matplotlib.transforms import Bbox
-    shared = sum(max(0, min(box.x1, o.x1) - max(box.x0, o.x0)) * max(0, min(box.y1, o.y1) - max(box.y0, o.y0))
-                 for o in others)
-    inside = Bbox.intersection(box, bounds)
-    return shared + box.width * box.height - (inside.width * inside.height if inside else 0)
-
-
-def _place_labels(ax, renderer, items, obstacles):
-    """Move every label to its first spot clear of the obstacles and of the labels placed before it
-    (else to its least bad spot); True when every label found a clear one."""
-    placed, clear = list(obstacles), True
-    for text, spots in items:
-        best = None
-        for spot in spots:
-            text.set_position(spot)
-            box = _padded(text, renderer, LABEL_PAD)
-            cost = _clash(box, placed, ax.bbox)
-            if best is None or cost < best[0]:
-                best = (cost, spot, box)
-            if cost == 0:
-                break
-        text.set_position(best[1])
-        placed.append(best[2])
-        clear = clear and best[0] == 0
-    return clear
-
-
-def _fit(fig, ax, pos, labels, concat, scale):
-    """Size the figure at `scale` inches per node spacing, x and y alike (so arcs keep their shape),
-    with room above the highest arc for half the tallest label."""
-    out_x = pos['out'][0]
-    lowest = max([OUT_RAD * (out_x - pos[n][0]) / 2 for n in concat], default=0)
-    tallest = max((label.count('\n') + 1 for label in labels.values()), default=1)
-    label_half = (tallest * 1.15 * LABEL_FONT + 2 * LABEL_PAD * LABEL_FONT) / 72 / 2 / scale
-    top = max((-ARC_RAD * (dst - src) / 2 for src, dst in labels), default=0) + label_half + 0.15
-    bottom = -(lowest + 0.3)
-    x0, x1 = -0.65, out_x + 0.65
-    width, height = (x1 - x0) * scale, (top - bottom) * scale
-    fig.set_size_inches(width, height + TITLE_INCHES)
-    ax.set_position([0, 0, 1, height / (height + TITLE_INCHES)])
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(bottom, top)
-
-
-def plot_cell(cell, concat, path, title, inputs):
-    """Draw one cell (DARTS pairs or triples) and save it to path (None: do not save); returns the
-    Figure. One arrow per edge, labelled with all of its operations; nodes numbered as in the
-    genotype; the figure grows with its labels until none overlaps another or a node."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.transforms import ScaledTranslation
-    edges = genotypes.cell_edges(cell) if cell else []      # a proxyless half may be empty
-    fed = {dst for _, _, dst in edges}
-    last = max(fed | set(concat) | set(inputs))
-    pos = {**{n: (float(n), 0.0) for n in range(last + 1)}, 'out': (last + 1.0, 0.0)}
-    labels = _edge_labels(edges)
-    fig = Figure(dpi=DPI)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.axis('off')
-    below_top = ScaledTranslation(0, -0.08, fig.dpi_scale_trans)
-    fig.text(0.5, 1, f'{title}: {len(edges)} operation{"s" * (len(edges) != 1)} on {len(labels)} '
-             f'edge{"s" * (len(labels) != 1)}', ha='center', va='top', fontsize=TITLE_FONT,
-             transform=fig.transFigure + below_top)
-    nodes = _draw_nodes(ax, pos, fed, inputs)
-    items = _draw_arcs(ax, pos, labels, concat)
-    scale = START_SCALE
-    for _ in range(TRIES):
-        _fit(fig, ax, pos, labels, concat, scale)
-        renderer = fig.canvas.get_renderer()
-        if _place_labels(ax, renderer, items, [_padded(t, renderer, NODE_PAD) for t in nodes]):
-            break
-        scale *= GROWTH
-    if path is not None:
-        save_figure(fig, path, dpi=DPI)
-    return fig
-
-
-def plot_genotype(genotype, out_dir):
-    """The space's cell pictures (DARTS: cell_normal.png and cell_reduce.png; NAS-Bench-201: cell.png;
-    proxyless: cell_sShK.png, the trees of each stage's first block) in out_dir; returns their
-    Figures by cell type."""
-    space = spaces.space_of(genotype)
-    figures = {}
-    for file, cell_type, title in space.pictures:
-        cell = space.cell(genotype, cell_type)
-        if cell is not None:        # a proxyless network may have fewer stages
-            figures[cell_type] = plot_cell(*cell, Path(out_dir) / file, title, space.inputs)
-    return figures
-
 
 def plot_gamma(rows, path, threshold=None, *, space):
     """Heat map of log10(gamma) per edge (rows) and switch (columns: the edge switch, then each
@@ -630,7 +398,7 @@ def plot_gamma(rows, path, threshold=None, *, space):
     if len(tables) > 4:
         return _plot_gamma_cells(tables, path, threshold, space)
     columns = ['edge'] + space.candidates
-    fig = _figure(6.5 * len(tables), 6.5)
+    fig = visualize.new_figure(6.5 * len(tables), 6.5)
     for k, cell_type in enumerate(tables):
         edges = sorted(tables[cell_type], key=lambda e: (e[1], e[0]))
         grid = np.full((len(edges), len(columns)), np.nan)
@@ -649,7 +417,7 @@ def plot_gamma(rows, path, threshold=None, *, space):
         ax.set_title(f'{cell_type}: log10 gamma' + (f' (threshold {threshold:g})' if threshold else ''))
         fig.colorbar(image, ax=ax, fraction=0.05)
     fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+    visualize.save_figure(fig, path, dpi=100)
 
 
 def _plot_gamma_cells(tables, path, threshold, space):
@@ -665,7 +433,7 @@ def _plot_gamma_cells(tables, path, threshold, space):
             entry = entry if entry is None or op is None else entry['ops'].get(op)
             if entry is not None and not entry['pruned'] and entry['gamma'] > 0:
                 grid[i, j] = math.log10(entry['gamma'])
-    fig = _figure(max(8, 0.12 * len(columns)), max(4, 0.16 * len(tables) + 1.5))
+    fig = visualize.new_figure(max(8, 0.12 * len(columns)), max(4, 0.16 * len(tables) + 1.5))
     ax = fig.add_subplot(1, 1, 1)
     ax.set_facecolor('0.85')        # pruned: grey
     image = ax.imshow(grid, cmap='viridis', aspect='auto', interpolation='nearest')
@@ -676,88 +444,7 @@ def _plot_gamma_cells(tables, path, threshold, space):
                  (f' (threshold {threshold:g}); grey: pruned' if threshold else '; grey: pruned'))
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
-    save_figure(fig, path, dpi=100)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Looking a NAS-Bench-201 cell up in the benchmark
-# ----------------------------------------------------------------------------------------------------
-
-def _number(text):
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _csv_lookup(path, arch):
-    """{accuracy column: value} of arch in a CSV table: the architecture column is the one whose
-    header names an architecture ('arch...'), the accuracy columns those whose header says 'acc' and
-    whose values are numbers; several rows of one architecture (seeds) are averaged."""
-    import csv
-    try:
-        with open(path, newline='') as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise utils.UserError(f'cannot read benchmark table {path}: {getattr(e, "strerror", None) or e}') from e
-    if not rows:
-        raise utils.UserError(f'benchmark table {path} is empty')
-    header = [h.strip() for h in rows[0]]
-    arch_cols = [i for i, h in enumerate(header) if h.lower().startswith('arch')]
-    if not arch_cols:
-        raise utils.UserError(f'benchmark table {path} has no column of architecture strings (a header '
-                              f'starting with "arch"); its columns: {", ".join(header)}')
-    col = arch_cols[0]
-    acc = [i for i, h in enumerate(header) if 'acc' in h.lower() and i != col]
-    if not acc:
-        raise utils.UserError(f'benchmark table {path} has no accuracy column (a header containing '
-                              f'"acc"); its columns: {", ".join(header)}')
-    found = [r for r in rows[1:] if len(r) > col and r[col].strip() == arch]
-    if not found:
-        raise utils.UserError(f'{arch} is not in benchmark table {path} ({len(rows) - 1} rows)')
-    values = {}
-    for i in acc:
-        numbers = [_number(r[i]) if i < len(r) else None for r in found]
-        if all(v is not None for v in numbers):
-            values[header[i]] = sum(numbers) / len(numbers)
-    if not values:
-        raise utils.UserError(f'benchmark table {path}: the accuracy columns of {arch} hold no numbers')
-    return values, len(found)
-
-
-def _nats_lookup(path, arch):
-    """{'<data set> <metric>': value} of arch from the official NATS-Bench topology file (200 epochs)."""
-    try:
-        from nats_bench import create
-    except ImportError:
-        raise utils.UserError(f'{path} is not a .csv table, and reading the NATS-Bench API file needs the '
-                              f'nats_bench package (pip install nats_bench)') from None
-    try:
-        api = create(str(path), 'tss', fast_mode=True, verbose=False)
-        index = api.query_index_by_arch(arch)
-        infos = [] if index is None or index < 0 else [
-            (dataset, api.get_more_info(index, dataset, hp='200', is_random=False))
-            for dataset in ('cifar10-valid', 'cifar10')]
-    except Exception as e:      # nats_bench fails in its own ways on a file that is not its format
-        raise utils.UserError(f'{path} is not a .csv table nor a NATS-Bench topology file nats_bench '
-                              f'can read: {type(e).__name__}: {e}') from e
-    if not infos:
-        raise utils.UserError(f'{arch} is not in the NATS-Bench file {path}')
-    values = {f'{dataset} {metric}': float(info[metric]) for dataset, info in infos
-              for metric in ('valid-accuracy', 'test-accuracy') if isinstance(info.get(metric), (int, float))}
-    return values, 1
-
-
-def lookup(path, arch):
-    """The line that reports arch's accuracies in the benchmark file at path (a .csv table, or the
-    NATS-Bench API file when nats_bench is installed)."""
-    path = Path(path)
-    if not path.exists():
-        raise utils.UserError(f'benchmark file {path} does not exist')
-    values, rows = (_csv_lookup if path.suffix.lower() == '.csv' else _nats_lookup)(path, arch)
-    mean = f' (mean of {rows} rows)' if rows > 1 else ''
-    return f'# benchmark {path.name}{mean}: ' + ', '.join(f'{k} {v:.2f}' for k, v in values.items())
+    visualize.save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -795,36 +482,26 @@ def default_out(run_dir, doc, threshold, topk, select=None):
     return Path(run_dir) / f'derived-{select}' if other else Path(run_dir)
 
 
-def check_benchmark(path, space):
-    """Before any work: --benchmark only for NAS-Bench-201, and only with a file that is there."""
-    if path is None:
-        return
-    if space.name != 'nb201':
-        raise utils.UserError(f'--benchmark looks up NAS-Bench-201 cells; this is a {space.name} search')
-    if not Path(path).exists():
-        raise utils.UserError(f'benchmark file {path} does not exist')
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     doc = load_gamma(args.run_dir)
     space = space_of(doc)
-    check_benchmark(args.benchmark, space)
+    benchmark.check(args.benchmark, space)
     notes = []
     genotype = derive(doc, threshold=args.threshold, topk=args.topk, notes=notes, select=args.select)
     rule_text = (f'topk {args.topk}' if args.topk is not None
                  else f'threshold {args.threshold if args.threshold is not None else doc["threshold"]:g}')
     rule_text += f', ops by {args.select or search_select(doc)}'
-    out_dir = output_dir(args.out or default_out(args.run_dir, doc, args.threshold, args.topk, args.select))
-    literal = write_genotype(genotype, out_dir, f'derived from {args.run_dir} by {rule_text}')
-    plot_genotype(genotype, out_dir)
+    out_dir = visualize.output_dir(args.out or default_out(args.run_dir, doc, args.threshold, args.topk, args.select))
+    literal = visualize.write_genotype(genotype, out_dir, f'derived from {args.run_dir} by {rule_text}')
+    visualize.plot_genotype(genotype, out_dir)
     # The literal first, then comment lines: the whole of stdout still pastes into genotypes.py.
     print(literal)
     for note in notes:
         print(f'# note: {note}')
     if args.benchmark is not None:
-        print(lookup(args.benchmark, genotype))
-    print(f'# wrote {", ".join(outputs(space))} to {out_dir}')
+        print(benchmark.lookup(args.benchmark, genotype))
+    print(f'# wrote {", ".join(visualize.outputs(space))} to {out_dir}')
     return genotype
 
 

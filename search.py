@@ -42,11 +42,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import derive
+import benchmark
 import model_search
 import spaces
 import tabular
 import utils
+import visualize
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def build_parser(method='bayesnas'):
     p.add_argument('--save', default=None, help='run directory (default: runs/search-TIME)')
     p.add_argument('--resume', action='store_true', help='continue the run in --save from its checkpoint')
     p.add_argument('--benchmark', metavar='FILE', default=None, help='nb201: print the accuracies of the '
-                   'derived cell in FILE (a CSV table or the NATS-Bench API file; see derive.py)')
+                   'derived cell in FILE (a CSV table or the NATS-Bench API file; see benchmark.py)')
     return p
 
 
@@ -142,7 +143,7 @@ def check_args(a):
         (a.report_freq >= 1, f'--report_freq must be at least 1, got {a.report_freq}'),
         (a.checkpoint_freq >= 0, f'--checkpoint_freq must be >= 0, got {a.checkpoint_freq}'),
     ])
-    derive.check_benchmark(a.benchmark, spaces.get(a.space))
+    benchmark.check(a.benchmark, spaces.get(a.space))
 
 
 def space_defaults(args):
@@ -421,8 +422,8 @@ def resume(search, state, run):
 
 def write_outputs(search, genotype, note):
     """genotype.json, genotype.py and the cell pictures; returns the literal."""
-    literal = derive.write_genotype(genotype, search.run.path, note)
-    derive.plot_genotype(genotype, search.run.path)
+    literal = visualize.write_genotype(genotype, search.run.path, note)
+    visualize.plot_genotype(genotype, search.run.path)
     return literal
 
 
@@ -459,8 +460,8 @@ def main(argv=None):
     genotype, note = search.method.genotype()
     literal = write_outputs(search, genotype, note)
     if args.benchmark is not None:
-        run.log(derive.lookup(args.benchmark, genotype))
-    files = ', '.join(derive.outputs(search.space))
+        run.log(benchmark.lookup(args.benchmark, genotype))
+    files = ', '.join(visualize.outputs(search.space))
     if args.space == 'proxyless':
         net = model_search.ProxylessNetwork(genotype)
         run.log(f'derived network: {utils.count_params(net) / 1e6:.3f}M parameters, '

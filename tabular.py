@@ -19,7 +19,6 @@ queries) and genotype.json ({"space": "nb201", "arch": ...}, which train.py --ge
 line printed is the best cell's NAS-Bench-201 string.
 """
 import argparse
-import csv
 import itertools
 import json
 import math
@@ -28,6 +27,7 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
+import benchmark
 import genotypes
 import utils
 
@@ -100,54 +100,13 @@ SPACES = {'nb201': NB201}
 # The oracle: a benchmark table
 # ----------------------------------------------------------------------------------------------------
 
-def read_table(path):
-    """(accuracy columns, {arch: {column: value}}) of a CSV table in derive.py's format: the
-    architecture column is the first whose header starts with 'arch', the accuracy columns those
-    whose header contains 'acc'; several rows of one architecture (seeds) are averaged."""
-    try:
-        with open(path, newline='') as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise utils.UserError(f'cannot read oracle table {path}: {getattr(e, "strerror", None) or e}') from e
-    if not rows:
-        raise utils.UserError(f'oracle table {path} is empty')
-    header = [h.strip() for h in rows[0]]
-    arch = next((i for i, h in enumerate(header) if h.lower().startswith('arch')), None)
-    columns = [i for i, h in enumerate(header) if 'acc' in h.lower() and i != arch]
-    if arch is None or not columns:
-        raise utils.UserError(f'oracle table {path} needs a column of architecture strings (header "arch...") '
-                              f'and accuracy columns (header containing "acc"); its columns: {", ".join(header)}')
-    sums = {}
-    for line, row in enumerate(rows[1:], 2):
-        if len(row) != len(header):
-            raise utils.UserError(f'oracle table {path}, line {line}: {len(row)} fields, the header has {len(header)}')
-        values = [_number(row[i]) for i in columns]
-        sums.setdefault(row[arch].strip(), []).append(values)
-    table = {}
-    for cell, rows_of_cell in sums.items():
-        table[cell] = {header[i]: _mean([r[j] for r in rows_of_cell]) for j, i in enumerate(columns)}
-    return [header[i] for i in columns], table
-
-
-def _number(text):
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _mean(values):
-    return None if any(v is None for v in values) else sum(values) / len(values)
-
-
 class Oracle:
     """oracle(cells) -> their values in one column of a table (accuracies in percent). A cell the table
     lacks, or holds no number for, is a UserError: the search cannot go on without it."""
 
     def __init__(self, path, metric=None, table=None):
         self.path = path
-        self.columns, self.table = table or read_table(path)
+        self.columns, self.table = table or benchmark.read_table(path, 'oracle table')[:2]
         self.metric = metric or self.columns[0]
         if self.metric not in self.columns:
             raise utils.UserError(f'--oracle_metric {self.metric} is not an accuracy column of {path}; its '

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import benchmark
 import bonas
 import compare
 import genotypes
@@ -280,7 +281,7 @@ def test_a_run_on_the_shared_table_reads_its_values(tmp_path, capsys):
     out = tabular.main(['--oracle', str(SHARED_TABLE), '--oracle_metric', 'imagenet16_120_test_acc',
                         '--queries', '12', '--save', str(tmp_path / 'run'), *TINY_BONAS])
     assert capsys.readouterr().out.strip().splitlines()[-1] == out['best']
-    _, rows = tabular.read_table(SHARED_TABLE)
+    _, rows, _ = benchmark.read_table(SHARED_TABLE)
     assert len(rows) == 5 ** 6
     for r in history_of(tmp_path / 'run'):
         assert r['value'] == rows[r['cell']]['imagenet16_120_test_acc']
@@ -351,7 +352,7 @@ def test_missing_or_foreign_oracle_files_are_one_line(tmp_path, capsys):
     assert '--resume needs --save' in fails_in_one_line(['--resume'], capsys)
     assert 'does not exist' in fails_in_one_line(['--oracle', str(tmp_path / 'no.csv')], capsys)
     (tmp_path / 'x.csv').write_text('name,loss\na,1\n')
-    assert 'needs a column of architecture strings' in fails_in_one_line(['--oracle', str(tmp_path / 'x.csv')], capsys)
+    assert 'has no column of architecture strings' in fails_in_one_line(['--oracle', str(tmp_path / 'x.csv')], capsys)
 
 
 def test_the_script_itself_exits_two_with_one_line():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import bayesnas
+import benchmark
 import derive
 import genotypes
 import model_search
@@ -321,19 +322,19 @@ def test_train_names_the_space_of_a_genotype_file(tmp_path):
 def test_bad_benchmark_tables_are_named(header, rows_, message, tmp_path):
     path = table(tmp_path / 't.csv', rows_, header)
     with pytest.raises(utils.UserError, match=message):
-        derive.lookup(path, RESNET)
+        benchmark.lookup(path, RESNET)
 
 
 def test_a_missing_benchmark_file_is_named(tmp_path):
     with pytest.raises(utils.UserError, match='does not exist'):
-        derive.lookup(tmp_path / 'missing.csv', RESNET)
+        benchmark.lookup(tmp_path / 'missing.csv', RESNET)
 
 
 def test_the_nats_bench_file_needs_its_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'nats_bench', None)       # import fails as if not installed
     (tmp_path / 'NATS-tss-v1_0-3ffb9-simple').mkdir()
     with pytest.raises(utils.UserError, match='needs the nats_bench package'):
-        derive.lookup(tmp_path / 'NATS-tss-v1_0-3ffb9-simple', RESNET)
+        benchmark.lookup(tmp_path / 'NATS-tss-v1_0-3ffb9-simple', RESNET)
 
 
 def test_the_nats_bench_api_is_asked_for_the_200_epoch_accuracies(tmp_path, monkeypatch):
@@ -353,11 +354,11 @@ def test_the_nats_bench_api_is_asked_for_the_200_epoch_accuracies(tmp_path, monk
     monkeypatch.setitem(sys.modules, 'nats_bench', fake)
     path = tmp_path / 'NATS-tss'
     path.mkdir()
-    assert derive.lookup(path, RESNET) == ('# benchmark NATS-tss: cifar10-valid valid-accuracy 90.00, '
+    assert benchmark.lookup(path, RESNET) == ('# benchmark NATS-tss: cifar10-valid valid-accuracy 90.00, '
                                            'cifar10-valid test-accuracy 93.50, cifar10 test-accuracy 94.00')
     assert asked == [(7, 'cifar10-valid', '200', False), (7, 'cifar10', '200', False)]
     with pytest.raises(utils.UserError, match='is not in the NATS-Bench file'):
-        derive.lookup(path, NONE)
+        benchmark.lookup(path, NONE)
 
 
 def test_benchmark_applies_to_nb201_searches_only(small_cifar, tmp_path):

@@ -1,11 +1,11 @@
-"""derive.py's cell pictures: one labelled arrow per edge, nodes numbered as in the genotype, labels
+"""visualize.py's cell pictures: one labelled arrow per edge, nodes numbered as in the genotype, labels
 that do not overlap one another or a node, for DARTS pairs, dense triples and dead nodes."""
 import itertools
 
 import pytest
 
-import derive
 import genotypes
+import visualize
 from genotypes import CANDIDATES
 
 EDGES = [(i, j) for j in range(2, 6) for i in range(j)]
@@ -53,11 +53,11 @@ def arrows(fig):
 
 def test_a_40_op_cell_draws_one_labelled_arrow_per_edge_without_overlaps(tmp_path):
     assert len(FORTY) == 40
-    fig = derive.plot_cell(FORTY, [2, 3, 4, 5], tmp_path / 'cell.png', 'normal cell', INPUTS)
+    fig = visualize.plot_cell(FORTY, [2, 3, 4, 5], tmp_path / 'cell.png', 'normal cell', INPUTS)
     data = (tmp_path / 'cell.png').read_bytes()
     assert data[:8] == PNG and len(data) > 30_000
     assert arrows(fig) == 14 + 4                            # 14 edges, 4 arcs into the output
-    want = {'\n'.join(derive.short_name(op) for op in CANDIDATES[:n])
+    want = {'\n'.join(visualize.short_name(op) for op in CANDIDATES[:n])
             for n in [7, 2, 4, 3, 1, 5, 2, 2, 3, 1, 4, 2, 2, 2]}
     assert set(labels(fig)) == want and sum(labels(fig).values()) == 14
     assert_no_overlap(fig)
@@ -65,16 +65,16 @@ def test_a_40_op_cell_draws_one_labelled_arrow_per_edge_without_overlaps(tmp_pat
 
 
 def test_every_candidate_on_every_edge_still_has_no_overlaps(tmp_path):
-    fig = derive.plot_cell(dense_cell([7] * 14), [2, 3, 4, 5], tmp_path / 'cell.png', 'reduce cell', INPUTS)
-    assert labels(fig) == {'\n'.join(derive.short_name(op) for op in CANDIDATES): 14}
+    fig = visualize.plot_cell(dense_cell([7] * 14), [2, 3, 4, 5], tmp_path / 'cell.png', 'reduce cell', INPUTS)
+    assert labels(fig) == {'\n'.join(visualize.short_name(op) for op in CANDIDATES): 14}
     assert_no_overlap(fig)
     # A denser cell needs a larger picture for its labels.
-    small = derive.plot_cell(genotypes.DARTS_V2.normal, [2, 3, 4, 5], None, 'normal cell', INPUTS)
+    small = visualize.plot_cell(genotypes.DARTS_V2.normal, [2, 3, 4, 5], None, 'normal cell', INPUTS)
     assert fig.get_size_inches()[0] > small.get_size_inches()[0]
 
 
 def test_nodes_are_numbered_as_in_the_genotype_for_darts_pairs(tmp_path):
-    fig = derive.plot_cell(genotypes.DARTS_V2.normal, [2, 3, 4, 5], tmp_path / 'cell.png', 'normal cell', INPUTS)
+    fig = visualize.plot_cell(genotypes.DARTS_V2.normal, [2, 3, 4, 5], tmp_path / 'cell.png', 'normal cell', INPUTS)
     assert node_names(fig) == sorted(['0  $c_{k-2}$', '1  $c_{k-1}$', '2', '3', '4', '5', '$c_{k}$'])
     # DARTS_V2's normal cell has two ops on 0->2 and 1->2 each ... and one per edge: 8 edges.
     edges = {(src, dst) for _, src, dst in genotypes.cell_edges(genotypes.DARTS_V2.normal)}
@@ -85,7 +85,7 @@ def test_nodes_are_numbered_as_in_the_genotype_for_darts_pairs(tmp_path):
 
 def test_dead_nodes_keep_their_numbers_and_get_no_output_arc():
     cell = [('sep_conv_3x3', 0, 2), ('skip_connect', 1, 2), ('max_pool_3x3', 2, 5), ('avg_pool_3x3', 0, 5)]
-    fig = derive.plot_cell(cell, [2, 5], None, 'normal cell', INPUTS)
+    fig = visualize.plot_cell(cell, [2, 5], None, 'normal cell', INPUTS)
     names = node_names(fig)
     assert '3\n(dead)' in names and '4\n(dead)' in names and '2' in names and '5' in names
     assert arrows(fig) == 4 + 2
@@ -93,7 +93,7 @@ def test_dead_nodes_keep_their_numbers_and_get_no_output_arc():
 
 
 def test_an_edge_with_a_repeated_op_counts_it_in_one_label():
-    fig = derive.plot_cell([('sep_conv_3x3', 0, 2), ('sep_conv_3x3', 0, 2), ('skip_connect', 0, 2)], [2],
+    fig = visualize.plot_cell([('sep_conv_3x3', 0, 2), ('sep_conv_3x3', 0, 2), ('skip_connect', 0, 2)], [2],
                            None, 'normal cell', INPUTS)
     assert labels(fig) == {'skip\nsep 3x3 x2': 1} and arrows(fig) == 2
 
@@ -103,11 +103,11 @@ def test_an_edge_with_a_repeated_op_counts_it_in_one_label():
     ('avg_pool_3x3', 'avg 3x3'), ('skip_connect', 'skip'), ('none', 'none'), ('conv_7x1_1x7', 'conv 7x1 1x7'),
 ])
 def test_short_names(op, short):
-    assert derive.short_name(op) == short
+    assert visualize.short_name(op) == short
 
 
 def test_plot_genotype_returns_both_figures_and_writes_both_pictures(tmp_path):
-    figs = derive.plot_genotype(genotypes.BayesNAS_0_007, tmp_path)
+    figs = visualize.plot_genotype(genotypes.BayesNAS_0_007, tmp_path)
     assert sorted(figs) == ['normal', 'reduce']
     for cell_type, fig in figs.items():
         assert (tmp_path / f'cell_{cell_type}.png').read_bytes()[:8] == PNG
